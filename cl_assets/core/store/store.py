@@ -1,0 +1,253 @@
+"""The SQL store: the only code that talks to the database.
+
+Every write runs in one transaction; inserts are idempotent on the interaction id, so a
+re-import or a retried request never duplicates a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from cl_assets.core.store.engine import WRITE_OPTION, make_engine, upgrade
+from cl_assets.core.store.models import (
+    Adapter,
+    Deployment,
+    FeedbackEvent,
+    Interaction,
+    LearningEvent,
+    Meta,
+    Snapshot,
+    utcnow,
+)
+
+FEEDBACK_KINDS = ("explicit", "regenerate")
+_INSERT_CHUNK = 500
+
+
+class UnknownInteractionError(KeyError):
+    """Feedback names an interaction the store does not have."""
+
+    def __str__(self) -> str:
+        return f"no interaction with id {self.args[0]!r}"
+
+
+class Store:
+    """Typed access to CL's tables on SQLite or PostgreSQL; migrates itself on open."""
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.url = url
+        self.engine: Engine = make_engine(url)
+        if migrate:
+            upgrade(self.engine)
+        self._reader = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = sessionmaker(self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "Store":
+        return cls(settings.db_url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._reader() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One transaction; committed on success, rolled back on any error."""
+        with self._writer.begin() as session:
+            yield session
+
+    # -- interactions -------------------------------------------------------------------
+
+    def insert_interactions(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """Insert rows whose id is new; returns the ids actually inserted (re-imports add none)."""
+        inserted: list[str] = []
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start : start + _INSERT_CHUNK]
+            with self.write() as s:
+                ids = [r["id"] for r in chunk]
+                existing = set(s.scalars(select(Interaction.id).where(Interaction.id.in_(ids))))
+                fresh, seen = [], set(existing)
+                for row in chunk:
+                    if row["id"] not in seen:
+                        seen.add(row["id"])
+                        fresh.append(row)
+                if not fresh:
+                    continue
+                s.execute(self._insert_ignoring_conflicts(Interaction), fresh)
+                feedback = [
+                    {"interaction_id": r["id"], "helpful": r["helpful"], "kind": "explicit", "created_at": r.get("feedback_at") or utcnow()}
+                    for r in fresh
+                    if r.get("helpful") is not None
+                ]
+                if feedback:
+                    s.execute(insert(FeedbackEvent), feedback)
+                inserted.extend(r["id"] for r in fresh)
+        return inserted
+
+    def _insert_ignoring_conflicts(self, model: type) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(model).on_conflict_do_nothing()
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(model).on_conflict_do_nothing()
+
+    def add_feedback(self, interaction_id: str, helpful: bool | None, kind: str = "explicit") -> int:
+        """Append a feedback event and mirror it onto the interaction, atomically."""
+        if kind not in FEEDBACK_KINDS:
+            raise ValueError(f"feedback kind must be one of {FEEDBACK_KINDS}, not {kind!r}")
+        now = utcnow()
+        with self.write() as s:
+            found = s.scalar(select(Interaction.id).where(Interaction.id == interaction_id).with_for_update())
+            if found is None:
+                raise UnknownInteractionError(interaction_id)
+            event = FeedbackEvent(interaction_id=interaction_id, helpful=helpful, kind=kind, created_at=now)
+            s.add(event)
+            values: dict[str, Any] = {"feedback_at": now}
+            if kind == "explicit":
+                values["helpful"] = helpful
+            else:
+                values["regenerated"] = True
+            s.execute(update(Interaction).where(Interaction.id == interaction_id).values(**values))
+            s.flush()
+            return event.id
+
+    def get_interaction(self, interaction_id: str) -> Interaction | None:
+        with self.read() as s:
+            return s.get(Interaction, interaction_id)
+
+    def count_interactions(self) -> int:
+        with self.read() as s:
+            return s.scalar(select(func.count()).select_from(Interaction)) or 0
+
+    def iter_interactions(self, batch_size: int = 5_000) -> Iterator[Interaction]:
+        """All interactions, oldest first, streamed in batches (exports, erasure checks)."""
+        with self.read() as s:
+            stmt = select(Interaction).order_by(Interaction.created_at, Interaction.id).execution_options(yield_per=batch_size)
+            for row in s.scalars(stmt):
+                yield row
+
+    def feedback_since(self, after_event_id: int) -> tuple[int, int]:
+        """(events newer than the id, newest id): an index range scan, cheap at any table size."""
+        with self.read() as s:
+            newest = s.scalar(select(func.max(FeedbackEvent.id))) or 0
+            if newest <= after_event_id:
+                return 0, after_event_id
+            count = s.scalar(select(func.count()).where(FeedbackEvent.id > after_event_id)) or 0
+            return count, newest
+
+    def delete_user(self, user_hash: str) -> int:
+        """Erase every interaction (and, by cascade, feedback) of one user; returns rows removed."""
+        with self.write() as s:
+            ids = list(s.scalars(select(Interaction.id).where(Interaction.user_hash == user_hash)))
+            for start in range(0, len(ids), _INSERT_CHUNK):
+                part = ids[start : start + _INSERT_CHUNK]
+                s.execute(delete(FeedbackEvent).where(FeedbackEvent.interaction_id.in_(part)))
+                s.execute(delete(Interaction).where(Interaction.id.in_(part)))
+            return len(ids)
+
+    # -- snapshots, adapters, deployments ----------------------------------------------------
+
+    def add_snapshot(self, **fields: Any) -> Snapshot:
+        with self.write() as s:
+            snap = Snapshot(**fields)
+            s.add(snap)
+            return snap
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        with self.read() as s:
+            return s.get(Snapshot, snapshot_id)
+
+    def list_snapshots(self) -> list[Snapshot]:
+        with self.read() as s:
+            return list(s.scalars(select(Snapshot).order_by(Snapshot.id)))
+
+    def latest_snapshot(self) -> Snapshot | None:
+        with self.read() as s:
+            return s.scalar(select(Snapshot).order_by(Snapshot.id.desc()).limit(1))
+
+    def update_snapshot(self, snapshot_id: str, **fields: Any) -> None:
+        with self.write() as s:
+            s.execute(update(Snapshot).where(Snapshot.id == snapshot_id).values(**fields))
+
+    def upsert_adapter(self, adapter_id: str, **fields: Any) -> Adapter:
+        """Register (or re-register after a retrain of the same partition) an adapter."""
+        with self.write() as s:
+            adapter = s.get(Adapter, adapter_id)
+            if adapter is None:
+                adapter = Adapter(id=adapter_id, **fields)
+                s.add(adapter)
+            else:
+                for key, value in fields.items():
+                    setattr(adapter, key, value)
+            return adapter
+
+    def get_adapter(self, adapter_id: str) -> Adapter | None:
+        with self.read() as s:
+            return s.get(Adapter, adapter_id)
+
+    def list_adapters(self) -> list[Adapter]:
+        with self.read() as s:
+            return list(s.scalars(select(Adapter).order_by(Adapter.id)))
+
+    def update_adapter(self, adapter_id: str, **fields: Any) -> None:
+        with self.write() as s:
+            s.execute(update(Adapter).where(Adapter.id == adapter_id).values(**fields))
+
+    def add_deployment(self, adapter_id: str | None, *, actor: str, reason: str, forced: bool = False) -> Deployment:
+        with self.write() as s:
+            row = Deployment(adapter_id=adapter_id, actor=actor, reason=reason, forced=forced)
+            s.add(row)
+            return row
+
+    def current_deployment(self) -> Deployment | None:
+        with self.read() as s:
+            return s.scalar(select(Deployment).order_by(Deployment.id.desc()).limit(1))
+
+    def deployment_history(self) -> list[Deployment]:
+        with self.read() as s:
+            return list(s.scalars(select(Deployment).order_by(Deployment.id)))
+
+    # -- events and meta ---------------------------------------------------------------------
+
+    def add_learning_event(self, kind: str, payload: dict[str, Any], at: datetime | None = None) -> LearningEvent:
+        with self.write() as s:
+            row = LearningEvent(kind=kind, payload=payload, created_at=at or utcnow())
+            s.add(row)
+            return row
+
+    def learning_events(self, kinds: Iterable[str] | None = None) -> list[LearningEvent]:
+        with self.read() as s:
+            stmt = select(LearningEvent).order_by(LearningEvent.id)
+            if kinds is not None:
+                stmt = stmt.where(LearningEvent.kind.in_(list(kinds)))
+            return list(s.scalars(stmt))
+
+    def get_meta(self, key: str) -> str | None:
+        with self.read() as s:
+            row = s.get(Meta, key)
+            return row.value if row else None
+
+    def set_meta_once(self, key: str, value: str) -> str:
+        """Store `value` under `key` unless one is there; returns the stored value."""
+        with self.write() as s:
+            row = s.get(Meta, key)
+            if row is None:
+                s.add(Meta(key=key, value=value))
+                return value
+            return row.value

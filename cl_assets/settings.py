@@ -1,0 +1,175 @@
+"""One settings object for the whole of CL, read from `CL_*` environment variables or `.env`.
+
+Paths default under the project folder (the one holding `pyproject.toml`), so the CLI, the
+Dagster UI and the chat all see the same data no matter where they were started from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _project_root() -> Path:
+    """The checkout that holds this package, else the working directory (installed wheel)."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+EMBEDDED_BASE_MODEL = "smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    """Every knob of CL. Field docs double as the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="CL_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default_factory=_project_root, description="Project folder; data/ and logs/ live under it.")
+    data_dir: Path | None = Field(None, description="Data folder (default: `<home>/data`).")
+    logs_dir: Path | None = Field(None, description="Log folder (default: `<home>/logs`).")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL (default: SQLite file `<data_dir>/cl.db`; or `postgresql+psycopg://…`)."
+    )
+    user_hash_salt: SecretStr | None = Field(
+        None, description="HMAC key for user ids. Unset: generated once into `<data_dir>/.user_hash_salt` (0600)."
+    )
+    base_model: str = Field(
+        EMBEDDED_BASE_MODEL,
+        description="Base model: the embedded SmolLM2-135M-Instruct (default), a local folder or a Hugging Face id.",
+    )
+    max_message_chars: int = Field(8_000, gt=0, description="Longest prompt or response accepted, in characters.")
+    max_import_line_bytes: int = Field(1_000_000, gt=0, description="Longest JSONL line `cl ingest` accepts.")
+
+    # curation
+    min_chars: int = Field(2, ge=0, description="Curation drops turns whose prompt or response is shorter.")
+    max_chars: int = Field(4_000, gt=0, description="Curation drops turns whose prompt plus response is longer.")
+    max_rows_per_user: int = Field(40, gt=0, description="Curation keeps at most this many turns per user.")
+    near_dup_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard above which turns are near-duplicates.")
+    replay_fraction: float = Field(0.0, ge=0, le=1, description="Share of rows replayed from earlier untainted snapshots.")
+    min_snapshot_rows: int = Field(10, ge=1, description="A snapshot with fewer rows fails its quality check.")
+
+    # training
+    train_mode: Literal["sft", "kto"] = Field("sft", description="`sft` on helpful turns, or `kto` on 👍/👎.")
+    train_epochs: float = Field(4.0, gt=0, description="Epochs over a snapshot.")
+    train_max_steps: int = Field(-1, description="Cap on optimizer steps (-1: use epochs).")
+    train_batch_size: int = Field(4, gt=0, description="Per-device batch size.")
+    learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate.")
+    lora_r: int = Field(8, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA alpha.")
+    train_max_length: int = Field(512, gt=0, description="Longest training sequence in tokens.")
+    warm_start: bool = Field(True, description="Start training from the deployed adapter when there is one.")
+    seed: int = Field(42, description="Seed for curation sampling and training.")
+
+    # evaluation and gates
+    eval_max_new_tokens: int = Field(48, gt=0, description="Greedy tokens per evaluation answer.")
+    gate_tolerance: float = Field(0.0, ge=0, le=1, description="Candidate accuracy may be this far below the deployed one.")
+    gate_max_lost_items: int = Field(1, ge=0, description="Most items the deployed adapter got right that a candidate may lose.")
+    gate_max_forgetting: float = Field(0.05, ge=0, le=1, description="Largest allowed drop on the general set vs the base.")
+
+    # sensors
+    retrain_min_feedback: int = Field(50, ge=1, description="Feedback events since the last snapshot that trigger a cycle.")
+    sensor_interval_s: int = Field(60, ge=5, description="Seconds between sensor ticks.")
+    quality_min_ratings: int = Field(20, ge=1, description="Ratings needed before the quality sensor judges an adapter.")
+    quality_drop_margin: float = Field(0.15, gt=0, le=1, description="Helpful-rate drop vs the previous adapter that fires.")
+    quality_action: Literal["alert", "rollback"] = Field("alert", description="On a quality drop: alert only or roll back.")
+
+    # chat
+    chat_host: str = Field("127.0.0.1", description="Address the chat binds to.")
+    chat_port: int = Field(7860, description="Chat port.")
+    chat_auth: SecretStr | None = Field(None, description="`user:password` turns on Gradio auth.")
+    system_prompt: str = Field(
+        "You are the support assistant of Harbor & Pine Provisions. Answer briefly and precisely.",
+        description="System prompt of the chat.",
+    )
+    temperature: float = Field(0.0, ge=0, description="Sampling temperature of the chat (0: greedy).")
+    max_new_tokens: int = Field(128, gt=0, description="Longest chat answer in tokens.")
+    knowledge_in_prompt: bool = Field(False, description="Put the top knowledge facts into the system prompt.")
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> "Settings":
+        self.home = self.home.resolve()
+        self.data_dir = (self.data_dir or self.home / "data").resolve()
+        self.logs_dir = (self.logs_dir or self.home / "logs").resolve()
+        return self
+
+    # Derived locations: one definition each, so no module builds a path by hand.
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'cl.db'}"
+
+    @property
+    def salt_file(self) -> Path:
+        return self.data_dir / ".user_hash_salt"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def curated_dir(self) -> Path:
+        return self.data_dir / "curated"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.data_dir / "eval"
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.data_dir / "landing"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def raw_export_path(self) -> Path:
+        return self.data_dir / "ingestion" / "raw_interactions.jsonl"
+
+    @property
+    def knowledge_path(self) -> Path:
+        return self.data_dir / "knowledge" / "knowledge.json"
+
+    @property
+    def registry_json_path(self) -> Path:
+        return self.data_dir / "registry.json"
+
+    @property
+    def qa_eval_path(self) -> Path:
+        return self.data_dir / "qa_eval.jsonl"
+
+    @property
+    def qa_general_path(self) -> Path:
+        return self.data_dir / "qa_general.jsonl"
+
+    @property
+    def demo_path(self) -> Path:
+        return self.data_dir / "demo" / "interactions.jsonl"
+
+    @property
+    def learning_events_path(self) -> Path:
+        return self.logs_dir / "learning_events.jsonl"
+
+    @property
+    def generation_metrics_path(self) -> Path:
+        return self.logs_dir / "generation_metrics.jsonl"
+
+    @property
+    def feedback_metrics_path(self) -> Path:
+        return self.logs_dir / "feedback_metrics.json"
+
+    @property
+    def dagster_home(self) -> Path:
+        return Path(os.environ.get("DAGSTER_HOME") or self.home / ".dagster_home")
+
+
+def get_settings(**overrides: object) -> Settings:
+    """A fresh Settings (environment read now, not at import time)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
