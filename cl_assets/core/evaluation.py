@@ -1,0 +1,540 @@
+"""Keyword QA evaluation of the base model and its adapters, and the comparison report.
+
+Scoring: an answer is correct when ALL of an item's keywords appear in it, case-insensitively;
+its partial credit is the fraction of keywords present. Decoding is greedy, so a rerun of the
+same model on the same items gives the same answers.
+
+`compare_adapters` scores base, candidate and the deployed adapter in one run on the same
+prompts, for the taught set (facts from the conversations) and the general set (forgetting),
+and writes `report.json`, `report.md` and `accuracy.png` into one folder, atomically.
+Pure domain code: no Dagster, no Gradio.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import statistics
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cl_assets.core.model import AdapterSet, LoadedModel, generate
+from cl_assets.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_LABEL = "base"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_PNG = "accuracy.png"
+
+
+class QAFormatError(ValueError):
+    """A QA file line is not a valid item; the message names the file and line."""
+
+
+# --------------------------------------------------------------------------- items and scoring
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One question and the keywords a correct answer must all contain."""
+
+    prompt: str
+    keywords: tuple[str, ...]
+    id: str
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise ValueError(f"QA item {self.id}: empty prompt.")
+        if not self.keywords or any(not k.strip() for k in self.keywords):
+            raise ValueError(f"QA item {self.id}: needs at least one non-empty keyword.")
+
+
+def load_qa(path: str | Path) -> list[QAItem]:
+    """Read a QA JSONL file: one `{"id"?, "prompt" (or "question"), "keywords"}` object a line.
+
+    `keywords` is a list of strings (or one string). `id` defaults to `<file stem>-<line>`.
+    Blank lines are skipped. Any bad line raises `QAFormatError` naming the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"QA file {path} does not exist.")
+    items: list[QAItem] = []
+    seen: set[str] = set()
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise QAFormatError(f"{where}: not valid JSON ({exc.msg}).") from exc
+            if not isinstance(row, dict):
+                raise QAFormatError(f"{where}: expected a JSON object, got {type(row).__name__}.")
+            prompt = row.get("prompt", row.get("question"))
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise QAFormatError(f"{where}: needs a non-empty string \"prompt\".")
+            keywords = row.get("keywords")
+            if isinstance(keywords, str):
+                keywords = [keywords]
+            if (
+                not isinstance(keywords, list)
+                or not keywords
+                or not all(isinstance(k, str) and k.strip() for k in keywords)
+            ):
+                raise QAFormatError(f"{where}: \"keywords\" must be a non-empty list of non-empty strings.")
+            item_id = row.get("id", f"{path.stem}-{lineno}")
+            if not isinstance(item_id, (str, int)) or not str(item_id).strip():
+                raise QAFormatError(f"{where}: \"id\" must be a non-empty string.")
+            item_id = str(item_id)
+            if item_id in seen:
+                raise QAFormatError(f"{where}: duplicate id {item_id!r}.")
+            seen.add(item_id)
+            items.append(QAItem(prompt=prompt, keywords=tuple(k.strip() for k in keywords), id=item_id))
+    if not items:
+        raise QAFormatError(f"{path}: no QA items.")
+    return items
+
+
+@dataclass(frozen=True)
+class Score:
+    correct: bool
+    partial: float
+    matched: tuple[str, ...]
+
+
+def score_answer(answer: str, keywords: Sequence[str]) -> Score:
+    """Correct when every keyword occurs (case-insensitively); partial = share that occurs."""
+    if not keywords:
+        raise ValueError("score_answer needs at least one keyword.")
+    text = answer.casefold()
+    matched = tuple(k for k in keywords if k.casefold() in text)
+    return Score(correct=len(matched) == len(keywords), partial=len(matched) / len(keywords), matched=matched)
+
+
+# --------------------------------------------------------------------------- one model
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    id: str
+    prompt: str
+    keywords: tuple[str, ...]
+    answer: str
+    correct: bool
+    partial: float
+    matched: tuple[str, ...]
+    latency_ms: float
+    ttft_ms: float
+    completion_tokens: int
+    tokens_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keywords"], d["matched"] = list(self.keywords), list(self.matched)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ItemResult:
+        return cls(**{**d, "keywords": tuple(d["keywords"]), "matched": tuple(d["matched"])})
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The score of one model (base or one adapter) on one QA set."""
+
+    adapter: str | None  # None: the base model
+    accuracy: float
+    partial_accuracy: float
+    n: int
+    items: tuple[ItemResult, ...]
+    latency_p50_ms: float
+    latency_p95_ms: float
+    ttft_p50_ms: float
+    tokens_per_s: float  # mean over items
+    max_new_tokens: int
+    system_prompt: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.adapter or BASE_LABEL
+
+    @property
+    def correct_ids(self) -> frozenset[str]:
+        return frozenset(i.id for i in self.items if i.correct)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "adapter": self.adapter,
+            "label": self.label,
+            "accuracy": self.accuracy,
+            "partial_accuracy": self.partial_accuracy,
+            "n": self.n,
+            "correct": sum(i.correct for i in self.items),
+            "latency": {"p50_ms": self.latency_p50_ms, "p95_ms": self.latency_p95_ms, "ttft_p50_ms": self.ttft_p50_ms},
+            "tokens_per_s": self.tokens_per_s,
+            "max_new_tokens": self.max_new_tokens,
+            "system_prompt": self.system_prompt,
+            "items": [i.to_dict() for i in self.items],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalResult:
+        return cls(
+            adapter=d["adapter"],
+            accuracy=d["accuracy"],
+            partial_accuracy=d["partial_accuracy"],
+            n=d["n"],
+            items=tuple(ItemResult.from_dict(i) for i in d["items"]),
+            latency_p50_ms=d["latency"]["p50_ms"],
+            latency_p95_ms=d["latency"]["p95_ms"],
+            ttft_p50_ms=d["latency"]["ttft_p50_ms"],
+            tokens_per_s=d["tokens_per_s"],
+            max_new_tokens=d["max_new_tokens"],
+            system_prompt=d.get("system_prompt"),
+        )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..100), as numpy's default."""
+    if not values:
+        raise ValueError("percentile of no values.")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def evaluate_model(
+    target: LoadedModel | AdapterSet,
+    items: Sequence[QAItem],
+    adapter_id: str | None = None,
+    max_new_tokens: int = 48,
+    system_prompt: str | None = None,
+) -> EvalResult:
+    """Answer every item greedily with `adapter_id` (None: the base model) and score it.
+
+    `target` is a plain `LoadedModel` (base only) or an `AdapterSet` whose adapter `adapter_id`
+    is loaded. With `system_prompt=None` the chat template's own default applies.
+    """
+    if not items:
+        raise ValueError("evaluate_model needs at least one QA item.")
+    results: list[ItemResult] = []
+    for item in items:
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": item.prompt}
+        ]
+        if isinstance(target, AdapterSet):
+            gen = target.generate(messages, adapter_id, max_new_tokens=max_new_tokens, temperature=0.0)
+        else:
+            if adapter_id is not None:
+                raise ValueError("A LoadedModel has no adapters; pass an AdapterSet to evaluate an adapter.")
+            gen = generate(target.model, target.tokenizer, messages, max_new_tokens=max_new_tokens, temperature=0.0)
+        score = score_answer(gen.text, item.keywords)
+        results.append(
+            ItemResult(
+                id=item.id,
+                prompt=item.prompt,
+                keywords=item.keywords,
+                answer=gen.text,
+                correct=score.correct,
+                partial=score.partial,
+                matched=score.matched,
+                latency_ms=gen.latency_ms,
+                ttft_ms=gen.ttft_ms,
+                completion_tokens=gen.completion_tokens,
+                tokens_per_s=gen.tokens_per_s,
+            )
+        )
+        log.debug("%s %s: %s", adapter_id or BASE_LABEL, item.id, "ok" if score.correct else "miss")
+    latencies = [r.latency_ms for r in results]
+    return EvalResult(
+        adapter=adapter_id,
+        accuracy=sum(r.correct for r in results) / len(results),
+        partial_accuracy=sum(r.partial for r in results) / len(results),
+        n=len(results),
+        items=tuple(results),
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p95_ms=percentile(latencies, 95),
+        ttft_p50_ms=percentile([r.ttft_ms for r in results], 50),
+        tokens_per_s=statistics.fmean(r.tokens_per_s for r in results),
+        max_new_tokens=max_new_tokens,
+        system_prompt=system_prompt,
+    )
+
+
+def lost_items(reference: EvalResult, candidate: EvalResult) -> list[str]:
+    """Ids of items `reference` answered correctly and `candidate` did not (regression gate)."""
+    ref_ids = [i.id for i in reference.items]
+    if set(ref_ids) != {i.id for i in candidate.items}:
+        raise ValueError("lost_items compares results on the same QA items only.")
+    candidate_ok = candidate.correct_ids
+    return [i for i in ref_ids if i in reference.correct_ids and i not in candidate_ok]
+
+
+def gained_items(reference: EvalResult, candidate: EvalResult) -> list[str]:
+    """Ids of items `candidate` answered correctly and `reference` did not."""
+    return lost_items(candidate, reference)
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Base, candidate and (optionally) deployed adapter on the taught and the general set."""
+
+    candidate: str
+    deployed: str | None
+    taught: dict[str, EvalResult]  # label ("base", adapter id) -> result
+    general: dict[str, EvalResult] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+    @property
+    def base_taught(self) -> EvalResult:
+        return self.taught[BASE_LABEL]
+
+    @property
+    def candidate_taught(self) -> EvalResult:
+        return self.taught[self.candidate]
+
+    @property
+    def deployed_taught(self) -> EvalResult | None:
+        return self.taught.get(self.deployed) if self.deployed else None
+
+    @property
+    def forgetting(self) -> float | None:
+        """Base general accuracy minus candidate general accuracy (None without a general set)."""
+        if not self.general:
+            return None
+        return self.general[BASE_LABEL].accuracy - self.general[self.candidate].accuracy
+
+    @property
+    def lost_vs_deployed(self) -> list[str]:
+        """Taught items the deployed adapter got right that the candidate lost."""
+        deployed = self.deployed_taught
+        return lost_items(deployed, self.candidate_taught) if deployed else []
+
+    @property
+    def lost_vs_base_general(self) -> list[str]:
+        if not self.general:
+            return []
+        return lost_items(self.general[BASE_LABEL], self.general[self.candidate])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "deployed": self.deployed,
+            "summary": {
+                "taught_accuracy": {k: v.accuracy for k, v in self.taught.items()},
+                "taught_partial_accuracy": {k: v.partial_accuracy for k, v in self.taught.items()},
+                "general_accuracy": {k: v.accuracy for k, v in self.general.items()},
+                "forgetting": self.forgetting,
+                "lost_vs_deployed": self.lost_vs_deployed,
+                "gained_vs_deployed": (
+                    gained_items(self.deployed_taught, self.candidate_taught) if self.deployed_taught else []
+                ),
+                "lost_vs_base_general": self.lost_vs_base_general,
+            },
+            "taught": {k: v.to_dict() for k, v in self.taught.items()},
+            "general": {k: v.to_dict() for k, v in self.general.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], out_dir: Path | None = None) -> Comparison:
+        return cls(
+            candidate=d["candidate"],
+            deployed=d["deployed"],
+            taught={k: EvalResult.from_dict(v) for k, v in d["taught"].items()},
+            general={k: EvalResult.from_dict(v) for k, v in d["general"].items()},
+            out_dir=out_dir,
+        )
+
+
+def load_report(out_dir: str | Path) -> Comparison:
+    """Read back a comparison written by `compare_adapters`."""
+    out_dir = Path(out_dir)
+    return Comparison.from_dict(json.loads((out_dir / REPORT_JSON).read_text(encoding="utf-8")), out_dir=out_dir)
+
+
+def compare_adapters(
+    adapters: AdapterSet,
+    candidate_id: str,
+    *,
+    taught: Sequence[QAItem],
+    general: Sequence[QAItem] = (),
+    deployed_id: str | None = None,
+    out_dir: str | Path | None = None,
+    max_new_tokens: int = 48,
+    system_prompt: str | None = None,
+) -> Comparison:
+    """Evaluate base, `candidate_id` and `deployed_id` (loaded in `adapters`) on the same prompts.
+
+    With `out_dir`, writes report.json, report.md and accuracy.png there atomically (an older
+    report in that folder is replaced as a whole).
+    """
+    for adapter_id in (candidate_id, deployed_id):
+        if adapter_id is not None and adapter_id not in adapters.loaded:
+            raise ValueError(f"Adapter {adapter_id} is not loaded in the AdapterSet; call ensure_loaded first.")
+    if deployed_id == candidate_id:
+        deployed_id = None  # re-evaluating the deployed adapter: nothing to compare it against
+    labels: list[str | None] = [None, candidate_id] + ([deployed_id] if deployed_id else [])
+    previous = adapters.active
+    try:
+        taught_results = {
+            (a or BASE_LABEL): evaluate_model(adapters, taught, a, max_new_tokens, system_prompt) for a in labels
+        }
+        # Forgetting is about the candidate vs the base; the deployed one is not needed here.
+        general_results = (
+            {(a or BASE_LABEL): evaluate_model(adapters, general, a, max_new_tokens, system_prompt) for a in labels[:2]}
+            if general
+            else {}
+        )
+    finally:
+        adapters.activate(previous)
+    report = Comparison(candidate=candidate_id, deployed=deployed_id, taught=taught_results, general=general_results)
+    if out_dir is not None:
+        report = write_report(report, Path(out_dir))
+    return report
+
+
+def compare_for_snapshot(
+    settings: Settings,
+    adapters: AdapterSet,
+    candidate_id: str,
+    candidate_path: str | Path,
+    *,
+    deployed_id: str | None = None,
+    deployed_path: str | Path | None = None,
+    system_prompt: str | None = None,
+) -> Comparison:
+    """`compare_adapters` wired to Settings: QA sets from `qa_eval_path` / `qa_general_path`
+    (the general one is optional), output in `eval_dir / candidate_id`."""
+    adapters.ensure_loaded(candidate_id, candidate_path)
+    if deployed_id is not None and deployed_id != candidate_id:
+        if deployed_path is None:
+            raise ValueError("deployed_path is required with deployed_id.")
+        adapters.ensure_loaded(deployed_id, deployed_path)
+    general = load_qa(settings.qa_general_path) if settings.qa_general_path.exists() else []
+    return compare_adapters(
+        adapters,
+        candidate_id,
+        taught=load_qa(settings.qa_eval_path),
+        general=general,
+        deployed_id=deployed_id,
+        out_dir=settings.eval_dir / candidate_id,
+        max_new_tokens=settings.eval_max_new_tokens,
+        system_prompt=system_prompt,
+    )
+
+
+# --------------------------------------------------------------------------- report files
+
+
+def write_report(report: Comparison, out_dir: Path) -> Comparison:
+    """Write report.json / report.md / accuracy.png into `out_dir` via a temp sibling + rename."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+        (tmp / REPORT_MD).write_text(format_report(report) + "\n", encoding="utf-8")
+        plot_comparison(report, tmp / REPORT_PNG)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("Evaluation report for %s written to %s", report.candidate, out_dir)
+    return Comparison(report.candidate, report.deployed, report.taught, report.general, out_dir)
+
+
+def plot_comparison(report: Comparison, path: Path) -> Path:
+    """Grouped bars: accuracy per model on the taught and the general set."""
+    # A bare Figure on the Agg canvas: no pyplot global state, safe in Dagster's threads.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sets = [("taught", report.taught)] + ([("general", report.general)] if report.general else [])
+    labels = list(report.taught)
+    width = 0.8 / len(labels)
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for j, label in enumerate(labels):
+        xs = [i + (j - (len(labels) - 1) / 2) * width for i in range(len(sets))]
+        values = [results[label].accuracy if label in results else 0.0 for _, results in sets]
+        role = "candidate " if label == report.candidate else "deployed " if label == report.deployed else ""
+        bars = ax.bar(xs, values, width, label=role + label)
+        ax.bar_label(bars, labels=[f"{v:.0%}" if label in r else "" for v, (_, r) in zip(values, sets)], fontsize=8)
+    ax.set_xticks(range(len(sets)), [f"{name} (n={next(iter(r.values())).n})" for name, r in sets])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("accuracy (all keywords)")
+    ax.set_title(f"Candidate {report.candidate}")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _result_line(r: EvalResult) -> str:
+    return (
+        f"| {r.label} | {r.accuracy:.1%} ({sum(i.correct for i in r.items)}/{r.n}) | {r.partial_accuracy:.1%} "
+        f"| {r.latency_p50_ms:.0f} | {r.latency_p95_ms:.0f} | {r.ttft_p50_ms:.0f} | {r.tokens_per_s:.1f} |"
+    )
+
+
+_TABLE_HEAD = (
+    "| model | accuracy | partial | latency p50 ms | p95 ms | TTFT p50 ms | tokens/s |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def format_report(result: EvalResult | Comparison) -> str:
+    """Markdown for people (the CLI prints it; report.md holds it)."""
+    if isinstance(result, EvalResult):
+        lines = [f"# Evaluation of {result.label}", "", _TABLE_HEAD, _result_line(result), "", "## Items", ""]
+        lines += [
+            f"- {'✅' if i.correct else '❌'} `{i.id}` {i.prompt} → {_one_line(i.answer)}"
+            + ("" if i.correct else f" (missing: {', '.join(k for k in i.keywords if k not in i.matched)})")
+            for i in result.items
+        ]
+        return "\n".join(lines)
+
+    r = result
+    lines = [f"# Evaluation of candidate {r.candidate}", ""]
+    lines.append(f"Deployed adapter: {r.deployed or 'none (base model serves)'}")
+    lines += ["", f"## Taught set (n={r.candidate_taught.n})", "", _TABLE_HEAD]
+    lines += [_result_line(v) for v in r.taught.values()]
+    if r.general:
+        lines += ["", f"## General set (n={r.general[r.candidate].n})", "", _TABLE_HEAD]
+        lines += [_result_line(v) for v in r.general.values()]
+        lines += ["", f"Forgetting (base − candidate on the general set): {r.forgetting:+.1%}"]
+        if r.lost_vs_base_general:
+            lines.append(f"General items the base answered and the candidate lost: {', '.join(r.lost_vs_base_general)}")
+    if r.deployed_taught is not None:
+        lost = r.lost_vs_deployed
+        lines += ["", f"Taught items the deployed adapter answered and the candidate lost: {', '.join(lost) or 'none'}"]
+    lines += ["", "## Taught items", "", "| item | " + " | ".join(r.taught) + " |", "|---|" + "---|" * len(r.taught)]
+    for index, item in enumerate(r.candidate_taught.items):
+        cells = [("✅ " if res.items[index].correct else "❌ ") + _one_line(res.items[index].answer, 60) for res in r.taught.values()]
+        lines.append(f"| `{item.id}` {_one_line(item.prompt, 60)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 120) -> str:
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
