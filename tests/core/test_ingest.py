@@ -1,0 +1,172 @@
+"""Ingestion: sanitized storage, salt discipline, idempotent imports and quarantine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import stat
+from pathlib import Path
+
+import pytest
+
+from cl_assets.core.identity import SaltMismatchError
+from cl_assets.core.ingest import IngestError, Ingestor
+from cl_assets.core.pii import find_pii, hash_user_id
+from cl_assets.settings import Settings
+from tests.conftest import REPO, make_settings
+
+DEMO = REPO / "data" / "demo" / "interactions.jsonl"
+
+
+def _write_jsonl(path: Path, lines: list[object]) -> Path:
+    with path.open("wb") as fh:
+        for line in lines:
+            fh.write(line if isinstance(line, bytes) else (json.dumps(line) if not isinstance(line, str) else line).encode())
+            fh.write(b"\n")
+    return path
+
+
+def test_turn_is_stored_sanitized_with_hashed_user(settings: Settings) -> None:
+    ingestor = Ingestor(settings)
+    done = ingestor.ingest_interaction(
+        prompt="I'm jane.doe@example.com, card 4111 1111 1111 1111",
+        response="Thanks!",
+        user_id="jane",
+        session_id="s1",
+        latency_ms=12.5,
+    )
+    row = ingestor.store.get_interaction(done.id)
+    assert "jane.doe@example.com" not in row.prompt and "[EMAIL]" in row.prompt
+    assert "4111" not in row.prompt and "[CREDIT_CARD]" in row.prompt
+    assert row.pii_types == ["CREDIT_CARD", "EMAIL"]
+    assert row.user_hash == hash_user_id("jane", "test-salt-not-secret") and "jane" not in row.user_hash
+    assert row.latency_ms == 12.5
+
+
+def test_bad_turn_is_refused_with_a_message_that_hides_its_text(settings: Settings) -> None:
+    ingestor = Ingestor(settings)
+    with pytest.raises(IngestError) as info:
+        ingestor.ingest_interaction(prompt="mail me at x@y.com " * 1000, response="ok")
+    assert "over the limit" in str(info.value) and "x@y.com" not in str(info.value)
+    with pytest.raises(IngestError, match="prompt"):
+        ingestor.ingest_interaction(prompt="", response="ok")
+    with pytest.raises(IngestError, match="NUL"):
+        ingestor.ingest_interaction(prompt="a\x00b", response="ok")
+    assert ingestor.store.count_interactions() == 0
+
+
+def test_missing_salt_is_generated_once_private_and_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = make_settings(tmp_path, user_hash_salt=None)
+    with caplog.at_level(logging.WARNING):
+        first = Ingestor(settings)
+    assert "CL_USER_HASH_SALT is not set" in caplog.text
+    mode = stat.S_IMODE(settings.salt_file.stat().st_mode)
+    assert mode == 0o600
+    salt = settings.salt_file.read_text().strip()
+    assert salt not in caplog.text
+    a = first.ingest_interaction(prompt="hi there", response="hello", user_id="u1")
+    second = Ingestor(settings)
+    b = second.ingest_interaction(prompt="hi again", response="hello", user_id="u1")
+    assert first.store.get_interaction(a.id).user_hash == second.store.get_interaction(b.id).user_hash
+
+
+def test_changed_salt_is_refused_without_revealing_either(tmp_path: Path) -> None:
+    Ingestor(make_settings(tmp_path, user_hash_salt="original-salt-value"))
+    with pytest.raises(SaltMismatchError) as info:
+        Ingestor(make_settings(tmp_path, user_hash_salt="another-salt-value"))
+    assert "original-salt-value" not in str(info.value) and "another-salt-value" not in str(info.value)
+
+
+def test_reimport_adds_no_duplicates_and_content_ids_are_stable(settings: Settings, tmp_path: Path) -> None:
+    src = _write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {"id": "a-1", "prompt": "Where is Lot 42?", "response": "In Dayton.", "helpful": True},
+            {"prompt": "no id here", "response": "derived id", "timestamp": "2026-11-01T10:00:00Z"},
+        ],
+    )
+    ingestor = Ingestor(settings)
+    first = ingestor.import_jsonl(src)
+    second = ingestor.import_jsonl(src)
+    assert (first.accepted, first.duplicates) == (2, 0)
+    assert (second.accepted, second.duplicates) == (0, 2)
+    assert ingestor.store.count_interactions() == 2
+    assert ingestor.store.feedback_since(0)[0] == 1  # the imported 👍, once
+
+
+def test_broken_lines_are_quarantined_with_reasons_and_good_ones_kept(settings: Settings, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_import_line_bytes=2_000)
+    secret_line = '{"prompt": "my ssn is 123-45-6789", "response": '  # truncated JSON holding PII
+    src = _write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"id": "ok-1", "prompt": "good one", "response": "fine"},
+            secret_line,
+            "[1, 2, 3]",
+            {"id": "bad-type", "prompt": 42, "response": "x"},
+            b'{"prompt": "\xff\xfe", "response": "x"}',
+            {"id": "too-long", "prompt": "y" * 5_000, "response": "x"},
+            "",
+            {"id": "bad id with spaces", "prompt": "p", "response": "r"},
+            {"id": "ok-2", "prompt": "good two", "response": "fine", "helpful": False},
+        ],
+    )
+    ingestor = Ingestor(settings)
+    report = ingestor.import_jsonl(src)
+    assert (report.lines, report.accepted, report.quarantined) == (8, 2, 6)
+    entries = [json.loads(x) for x in report.quarantine_path.read_text().splitlines()]
+    assert [e["line"] for e in entries] == [2, 3, 4, 5, 6, 8]
+    reasons = " | ".join(e["reason"] for e in entries)
+    for expected in ("not valid JSON", "expected a JSON object", "prompt", "UTF-8", "longer than 2000 bytes", "id"):
+        assert expected in reasons
+    quarantine_text = report.quarantine_path.read_text()
+    assert "123-45-6789" not in quarantine_text and "good one" not in quarantine_text
+    assert ingestor.store.get_interaction("ok-2").helpful is False
+
+
+def test_events_and_export_are_written_sanitized(settings: Settings, tmp_path: Path) -> None:
+    src = _write_jsonl(tmp_path / "e.jsonl", [{"id": "e1", "prompt": "call me at (555) 123-4567", "response": "ok"}])
+    ingestor = Ingestor(settings)
+    ingestor.import_jsonl(src)
+    path, count = ingestor.export_sanitized()
+    exported = [json.loads(x) for x in path.read_text().splitlines()]
+    assert count == 1 and exported[0]["prompt"] == "call me at [PHONE]" and exported[0]["pii_types"] == ["PHONE"]
+    events = [json.loads(x) for x in settings.learning_events_path.read_text().splitlines()]
+    assert events[-1]["kind"] == "ingest" and events[-1]["accepted"] == 1 and events[-1]["pii_counts"] == {"PHONE": 1}
+    assert not list(path.parent.glob(".*.tmp"))
+
+
+def _raw_pii_values(path: Path) -> set[str]:
+    """Every PII value and raw user id in the demo file (found independently of storage)."""
+    values: set[str] = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        for text in (row["prompt"], row["response"]):
+            values.update(text[f.start : f.end] for f in find_pii(text))
+            values.update(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", text))
+        if row.get("user_id"):
+            values.add(row["user_id"])
+    return {v for v in values if len(v) >= 6}
+
+
+def test_demo_ingest_twice_same_count_and_no_raw_pii_on_disk(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    ingestor = Ingestor(settings)
+    first = ingestor.import_jsonl(DEMO)
+    count = ingestor.store.count_interactions()
+    second = ingestor.import_jsonl(DEMO)
+    assert second.accepted == 0 and ingestor.store.count_interactions() == count == first.accepted
+    assert first.quarantined == 0 and sum(first.pii_counts.values()) > 0
+    ingestor.export_sanitized()
+    ingestor.store.close()
+
+    secrets = _raw_pii_values(DEMO)
+    assert len(secrets) > 10
+    leaks = []
+    for base in (settings.data_dir, settings.logs_dir):
+        for file in base.rglob("*"):
+            if file.is_file():
+                blob = file.read_bytes()
+                leaks += [(file.name, s) for s in secrets if s.encode() in blob]
+    assert leaks == []
