@@ -1,0 +1,225 @@
+"""One learning cycle, step by step, keyed by a snapshot id: curate → train → evaluate → gate.
+
+Each function is what one Dagster asset (or the CLI) calls; each is idempotent for its id
+(an immutable snapshot or adapter that already exists is reused, not rebuilt), and each
+records its outcome in the store so a later run — or a deploy in another run — can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cl_assets.core.events import record_event
+from cl_assets.core.registry import Registry, RegistryError, adapter_dir, files_sha256
+from cl_assets.core.store import Store
+from cl_assets.core.training import LOSS_CURVE_PNG, TRAINING_JSON, TrainConfig, TrainProgress
+
+log = logging.getLogger(__name__)
+
+
+class CycleError(RuntimeError):
+    """A step cannot run for this snapshot id; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Trained:
+    adapter_id: str
+    output_dir: Path
+    parent_id: str | None
+    mode: str
+    final_loss: float
+    steps: int
+    tokens: int
+    tokens_per_s: float
+    duration_s: float
+    reused: bool
+
+    @property
+    def loss_curve(self) -> Path:
+        return self.output_dir / LOSS_CURVE_PNG
+
+
+def train_partition(
+    settings: Any,
+    store: Store,
+    snapshot_id: str,
+    base_model: Path | str,
+    config: TrainConfig,
+    progress: Callable[[TrainProgress], None] | None = None,
+) -> Trained:
+    """Train (or reuse) the adapter of one snapshot and register it."""
+    from cl_assets.core.training import train_adapter
+
+    snapshot = store.get_snapshot(snapshot_id)
+    if snapshot is None:
+        raise CycleError(f"snapshot {snapshot_id} does not exist; materialize curated_snapshot for it first")
+    if snapshot.tainted:
+        raise CycleError(f"snapshot {snapshot_id} is tainted (it held erased data); curate a new one")
+    out = adapter_dir(settings, snapshot_id)
+    registry = Registry(settings, store)
+    deployed = registry.current().adapter_id
+    parent_id = deployed if settings.warm_start and deployed and deployed != snapshot_id else None
+    if parent_id is not None:
+        parent_row = store.get_adapter(parent_id)
+        if parent_row is None or parent_row.tainted:
+            parent_id = None  # never warm-start from erased data
+
+    reused = out.is_dir()
+    if not reused:
+        parent_path = registry.verified_path(parent_id) if parent_id else None
+        train_adapter(
+            Path(snapshot.path),
+            base_model,
+            out,
+            config,
+            parent_adapter=parent_path,
+            snapshot_sha256=snapshot.sha256,
+            progress=progress,
+        )
+    # The folder appears only complete (atomic rename), so an unregistered one is safe to register.
+    meta = json.loads((out / TRAINING_JSON).read_text(encoding="utf-8"))
+    existing = store.get_adapter(snapshot_id)
+    if existing is None or not reused:
+        store.upsert_adapter(
+            snapshot_id,
+            path=str(out),
+            files_sha256=files_sha256(out),
+            parent_id=Path(meta["parent_adapter"]).name if meta.get("parent_adapter") else None,
+            mode=meta["mode"],
+            train_metrics=_train_summary(meta),
+        )
+        record_event(settings, store, "train", adapter=snapshot_id, parent=parent_id, mode=meta["mode"], **_train_summary(meta))
+    adapter = store.get_adapter(snapshot_id)
+    assert adapter is not None
+    m = adapter.train_metrics
+    return Trained(
+        adapter_id=snapshot_id,
+        output_dir=out,
+        parent_id=adapter.parent_id,
+        mode=adapter.mode,
+        final_loss=m["final_loss"],
+        steps=m["steps"],
+        tokens=m["tokens"],
+        tokens_per_s=m["tokens_per_s"],
+        duration_s=m["duration_s"],
+        reused=reused,
+    )
+
+
+def _train_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """The figures of training.json the registry keeps."""
+    return {
+        "final_loss": meta["final_loss"],
+        "steps": meta["steps"],
+        "tokens": meta["train_tokens"],
+        "tokens_per_s": meta["tokens_per_s"],
+        "duration_s": meta["duration_s"],
+    }
+
+
+def load_check(settings: Any, store: Store, adapter_id: str, base_model: Path | str) -> str | None:
+    """None when the adapter's files match the registry and load onto the base; else the problem."""
+    from cl_assets.core.model import AdapterSet, ModelError, load_base_model
+
+    try:
+        path = Registry(settings, store).verified_path(adapter_id)
+        adapters = AdapterSet(load_base_model(base_model))
+        adapters.ensure_loaded(adapter_id, path)
+        adapters.activate(adapter_id)
+    except (RegistryError, ModelError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    adapter_id: str
+    report: Any  # evaluation.Comparison
+    gates: list[Any]  # gates.Gate
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def chart(self) -> Path:
+        from cl_assets.core.evaluation import REPORT_PNG
+
+        assert self.report.out_dir is not None
+        return self.report.out_dir / REPORT_PNG
+
+
+def evaluate_partition(settings: Any, store: Store, adapter_id: str, base_model: Path | str) -> Evaluated:
+    """Base vs candidate vs deployed on the same prompts; the gate verdict is recorded on the adapter."""
+    from cl_assets.core.evaluation import compare_for_snapshot
+    from cl_assets.core.gates import evaluation_gates
+    from cl_assets.core.model import AdapterSet, load_base_model
+
+    registry = Registry(settings, store)
+    if store.get_adapter(adapter_id) is None:
+        raise CycleError(f"adapter {adapter_id} is not trained; materialize lora_adapter for it first")
+    candidate_path = registry.verified_path(adapter_id)
+    deployed = registry.current().adapter_id
+    deployed_path = registry.verified_path(deployed) if deployed and deployed != adapter_id else None
+    adapters = AdapterSet(load_base_model(base_model))
+    report = compare_for_snapshot(
+        settings,
+        adapters,
+        adapter_id,
+        candidate_path,
+        deployed_id=deployed if deployed_path else None,
+        deployed_path=deployed_path,
+        system_prompt=settings.system_prompt,
+    )
+    gates = evaluation_gates(report, settings)
+    passed = all(g.passed for g in gates)
+    store.update_adapter(
+        adapter_id,
+        eval_report=report.to_dict()["summary"],
+        accuracy=report.candidate_taught.accuracy,
+        general_accuracy=report.general[adapter_id].accuracy if report.general else None,
+        gate_passed=passed,
+        gate_reason="; ".join(g.reason for g in gates if not g.passed) or None,
+    )
+    record_event(
+        settings, store, "evaluate", adapter=adapter_id, deployed=deployed, passed=passed,
+        accuracy=report.candidate_taught.accuracy, gates={g.name: g.passed for g in gates},
+    )
+    return Evaluated(adapter_id, report, gates)
+
+
+@dataclass(frozen=True)
+class Curated:
+    snapshot: Any  # curation.SnapshotResult
+    reused: bool
+    chatml_problems: list[str]
+    pii_problems: list[str]
+    enough_rows: bool
+
+
+def curate_partition(settings: Any, store: Store, snapshot_id: str, note: str | None = None) -> Curated:
+    """Curate the snapshot of this id (or reuse it: snapshots are immutable) and validate it."""
+    from cl_assets.core.curation import SnapshotResult, curate_snapshot, validate_snapshot
+
+    row = store.get_snapshot(snapshot_id)
+    if row is None:
+        result = curate_snapshot(settings, store, snapshot_id=snapshot_id, note=note or None)
+    else:
+        path = Path(row.path)
+        with path.open(encoding="utf-8") as fh:
+            sample = [json.loads(line) for _, line in zip(range(5), fh)]
+        result = SnapshotResult(row.id, path, row.sha256, row.n_rows, row.counts, sample)
+    problems = validate_snapshot(result.path)
+    pii = [p for p in problems if "contains PII" in p]
+    return Curated(
+        snapshot=result,
+        reused=row is not None,
+        chatml_problems=[p for p in problems if p not in pii],
+        pii_problems=pii,
+        enough_rows=result.n_rows >= settings.min_snapshot_rows,
+    )

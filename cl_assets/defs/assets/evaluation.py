@@ -1,0 +1,52 @@
+"""Evaluation group: candidate vs deployed vs base, and the gates that guard a deploy."""
+
+
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from cl_assets.core.cycle import evaluate_partition
+from cl_assets.defs.metadata import image
+from cl_assets.defs.partitions import snapshot_partitions
+from cl_assets.defs.resources import BaseModelResource, StoreResource
+
+
+@asset(
+    partitions_def=snapshot_partitions,
+    deps=["lora_adapter"],
+    group_name="evaluation",
+    kinds={"pytorch", "python"},
+    owners=["team:cl"],
+    code_version="1",
+    description="Keyword QA accuracy (taught and general sets), latency and tokens/s of base, candidate "
+    "and deployed adapter on the same prompts; report in data/eval/<snapshot id>/.",
+    check_specs=[
+        AssetCheckSpec("eval_not_worse_than_deployed", asset="adapter_eval", blocking=True,
+                       description="Accuracy not below the deployed adapter's and few items lost, item by item."),
+        AssetCheckSpec("forgetting_within_bound", asset="adapter_eval", blocking=True,
+                       description="General-set accuracy drops at most CL_GATE_MAX_FORGETTING below the base."),
+    ],
+)
+def adapter_eval(context: AssetExecutionContext, store: StoreResource, base_model: BaseModelResource):
+    settings = store.settings.get()
+    evaluated = evaluate_partition(settings, store.get(), context.partition_key, base_model.folder())
+    report = evaluated.report
+    summary = report.to_dict()["summary"]
+    context.log.info(f"taught accuracy {summary['taught_accuracy']}, general {summary['general_accuracy']}")
+    cand = report.candidate_taught
+    yield MaterializeResult(
+        metadata={
+            "accuracy": cand.accuracy,
+            "partial_accuracy": cand.partial_accuracy,
+            "base_accuracy": report.base_taught.accuracy,
+            "deployed": report.deployed or "none",
+            "forgetting": summary["forgetting"] if summary["forgetting"] is not None else "n/a",
+            "latency_p50_ms": cand.latency_p50_ms,
+            "latency_p95_ms": cand.latency_p95_ms,
+            "tokens_per_s": cand.tokens_per_s,
+            "gate_passed": evaluated.passed,
+            "report": MetadataValue.path(str(report.out_dir)),
+            "chart": image(evaluated.chart, "accuracy per model"),
+        }
+    )
+    for gate in evaluated.gates:
+        yield AssetCheckResult(check_name=gate.name, passed=gate.passed, description=gate.reason,
+                               metadata={k: str(v) for k, v in gate.metadata.items()})

@@ -1,0 +1,52 @@
+"""Training group: one LoRA adapter per snapshot partition."""
+
+
+from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
+
+from cl_assets.core.training import TrainConfig, TrainProgress
+from cl_assets.defs.metadata import image
+from cl_assets.defs.partitions import snapshot_partitions
+from cl_assets.defs.resources import BaseModelResource, StoreResource
+
+
+@asset(
+    partitions_def=snapshot_partitions,
+    deps=["curated_snapshot"],
+    group_name="training",
+    kinds={"pytorch", "python"},
+    owners=["team:cl"],
+    code_version="1",
+    description="LoRA adapter (TRL + PEFT; QLoRA on CUDA) trained on the partition's snapshot, "
+    "warm-started from the deployed adapter when CL_WARM_START is on.",
+    check_specs=[AssetCheckSpec("adapter_files_load", asset="lora_adapter", blocking=True)],
+)
+def lora_adapter(context: AssetExecutionContext, store: StoreResource, base_model: BaseModelResource):
+    from cl_assets.core.cycle import load_check, train_partition
+
+    settings = store.settings.get()
+
+    def on_step(p: TrainProgress) -> None:
+        context.log.info(f"step {p.step}/{p.max_steps} loss {p.loss:.4f} epoch {p.epoch:.2f} {p.tokens_per_s:.0f} tok/s")
+
+    trained = train_partition(
+        settings, store.get(), context.partition_key, base_model.folder(), TrainConfig.from_settings(settings), on_step
+    )
+    yield MaterializeResult(
+        metadata={
+            "final_loss": trained.final_loss,
+            "steps": trained.steps,
+            "tokens": trained.tokens,
+            "tokens_per_s": round(trained.tokens_per_s, 1),
+            "duration_s": round(trained.duration_s, 1),
+            "mode": trained.mode,
+            "parent_adapter": trained.parent_id or "none",
+            "path": MetadataValue.path(str(trained.output_dir)),
+            "loss_curve": image(trained.loss_curve, "training loss"),
+        }
+    )
+    problem = load_check(settings, store.get(), context.partition_key, base_model.folder())
+    yield AssetCheckResult(
+        check_name="adapter_files_load",
+        passed=problem is None,
+        description=problem or "adapter loads onto the base model and its files match the registry",
+    )

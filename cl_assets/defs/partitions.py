@@ -1,0 +1,5 @@
+"""One dynamic partition per snapshot id (`YYYYMMDD_HHMMSS`), shared by the whole cycle."""
+
+from dagster import DynamicPartitionsDefinition
+
+snapshot_partitions = DynamicPartitionsDefinition(name="snapshots")

@@ -1,0 +1,93 @@
+"""The `cl` command line, driven as a user would (Typer's runner and a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cl_assets.cli import app
+from cl_assets.core.store import Store
+from tests.conftest import REPO, make_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CL_HOME", str(tmp_path))
+    monkeypatch.setenv("CL_USER_HASH_SALT", "cli-test-salt")
+    return tmp_path
+
+
+def test_help_on_every_command() -> None:
+    for args in ([], ["ingest"], ["sanitize"], ["feedback"], ["db", "upgrade"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "Usage" in result.output
+
+
+def test_ingest_twice_same_count_and_quarantine_summary(cl_env: Path) -> None:
+    demo = REPO / "data" / "demo" / "interactions.jsonl"
+    first = runner.invoke(app, ["ingest", str(demo)])
+    assert first.exit_code == 0, first.output
+    settings = make_settings(cl_env, user_hash_salt="cli-test-salt")
+    count = Store.from_settings(settings).count_interactions()
+    second = runner.invoke(app, ["ingest", str(demo)])
+    assert second.exit_code == 0
+    assert Store.from_settings(settings).count_interactions() == count > 300
+    assert f"interactions in store: {count}" in second.output
+    assert settings.raw_export_path.exists()
+
+    broken = cl_env / "broken.jsonl"
+    broken.write_text('{"id": "x1", "prompt": "fine", "response": "ok"}\n{not json\n')
+    result = runner.invoke(app, ["ingest", str(broken)])
+    assert result.exit_code == 0
+    assert "1 line(s) quarantined" in result.output
+
+
+def test_ingest_missing_file_fails_clearly(cl_env: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(cl_env / "nope.jsonl")])
+    assert result.exit_code == 1 and "no such file" in result.output
+
+
+def test_sanitize_plain_and_jsonl_keep_line_order() -> None:
+    plain = runner.invoke(app, ["sanitize", "-"], input="mail a@b.co please\nnothing here\n")
+    assert plain.exit_code == 0
+    assert plain.stdout.splitlines() == ["mail [EMAIL] please", "nothing here"]
+
+    lines = [json.dumps({"text": "ssn 123-45-6789", "k": 1}), "not json", json.dumps({"text": "Lot 42 is in Dayton"})]
+    result = runner.invoke(app, ["sanitize", "--jsonl", "-"], input="\n".join(lines) + "\n")
+    assert result.exit_code == 1  # one bad line is reported, the others still written in order
+    out = [json.loads(x) for x in result.stdout.splitlines()]
+    assert out[0] == {"text": "ssn [SSN]", "k": 1, "pii_types": ["SSN"]}
+    assert out[1]["line"] == 2 and "error" in out[1]
+    assert out[2] == {"text": "Lot 42 is in Dayton", "pii_types": []}
+
+
+def test_feedback_and_db_upgrade(cl_env: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    src = cl_env / "one.jsonl"
+    src.write_text(json.dumps({"id": "f-1", "prompt": "q?", "response": "a."}) + "\n")
+    assert runner.invoke(app, ["ingest", str(src)]).exit_code == 0
+    assert runner.invoke(app, ["feedback", "f-1", "y"]).exit_code == 0
+    store = Store.from_settings(make_settings(cl_env, user_hash_salt="cli-test-salt"))
+    assert store.get_interaction("f-1").helpful is True
+    missing = runner.invoke(app, ["feedback", "nope", "n"])
+    assert missing.exit_code == 1 and "no interaction" in missing.output
+    assert runner.invoke(app, ["feedback", "f-1", "maybe"]).exit_code == 1
+
+
+def test_console_script_streams_stdin(tmp_path: Path) -> None:
+    """The installed `cl` entry point, as a real process reading a pipe."""
+    exe = Path(sys.executable).parent / "cl"
+    text = "".join(f"row {i} call 555-123-4567\n" for i in range(2_000))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CL_")}
+    out = subprocess.run([str(exe), "sanitize", "-"], input=text, capture_output=True, text=True, check=True, env=env)
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2_000 and lines[1999] == "row 1999 call [PHONE]"
