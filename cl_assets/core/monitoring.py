@@ -17,6 +17,15 @@ from cl_assets.core.files import atomic_write_text
 from cl_assets.core.store import Interaction, Store
 
 BASE_LABEL = "base"
+_SCHEMA = {
+    "created_at": pl.Datetime("us", "UTC"),
+    "adapter_version": pl.String,
+    "helpful": pl.Boolean,
+    "regenerated": pl.Boolean,
+    "latency_ms": pl.Float64,
+    "ttft_ms": pl.Float64,
+    "tokens_per_s": pl.Float64,
+}
 _COLUMNS = [
     Interaction.created_at,
     Interaction.adapter_version,
@@ -53,7 +62,8 @@ def ratings_for(store: Store, adapter_id: str | None) -> RatingCount:
 def load_served(store: Store) -> pl.DataFrame:
     """Interactions with the fields monitoring needs; base-model answers labelled `base`."""
     with store.read() as s:
-        frame = pl.read_database(select(*_COLUMNS), connection=s.connection())
+        # Explicit types: an empty store, or early rows without timings, must not break inference.
+        frame = pl.read_database(select(*_COLUMNS), connection=s.connection(), schema_overrides=_SCHEMA)
     return frame.with_columns(pl.col("adapter_version").fill_null(BASE_LABEL).alias("adapter"))
 
 
