@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup up test bench clean-venv
+.PHONY: setup up test bench browser clean-venv
 
 setup: $(STAMP)
 
@@ -26,8 +26,12 @@ $(STAMP): pyproject.toml
 up: setup
 	$(VENV)/bin/cl up
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
+
+# The browser test drives Debian's Chromium (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 bench: setup
 	$(PY) bench/run_all.py

@@ -1,0 +1,389 @@
+"""The chat engine: one base model, the deployed adapter hot-swapped in place, every turn logged.
+
+No Gradio here: the web app (`cl_chat.app`) and the terminal chat (`cl_chat.terminal`) are thin
+shells around a `ChatEngine`.
+
+- The base model is loaded once. Before each turn the engine asks the store which deployment
+  is current (one indexed row); when it changed, the adapter's files are checked against the
+  registry's hash, loaded into the same base model and activated. An adapter that fails the
+  check is refused (logged) and the previous one keeps serving.
+- A turn names its adapter when it starts; the switch to it happens inside the generation
+  thread under the `AdapterSet` lock, so a swap requested meanwhile waits for the answer in
+  flight instead of changing it half-way.
+- A finished turn goes through `Ingestor.ingest_interaction` (which sanitizes the text and
+  hashes the user id) and adds one metrics-only line to `logs/generation_metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cl_assets.core.ingest import IngestError, Ingestor
+from cl_assets.core.model import (
+    AdapterSet,
+    GenerationResult,
+    GenerationStream,
+    LoadedModel,
+    ModelError,
+    load_base_model,
+)
+from cl_assets.core.registry import Registry, RegistryError
+from cl_assets.core.store import Store
+from cl_assets.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BASE_LABEL = "base"  # the adapter version shown (and used by monitoring) when no adapter serves
+KNOWLEDGE_FACTS = 8  # facts put into the system prompt with CL_KNOWLEDGE_IN_PROMPT
+
+
+class ChatError(ValueError):
+    """A message the engine will not answer; the text is meant for the person chatting."""
+
+
+class MessageTooLongError(ChatError):
+    """The message is longer than `CL_MAX_MESSAGE_CHARS`."""
+
+
+@dataclass
+class Exchange:
+    """One answered question of a session."""
+
+    prompt: str
+    answer: str
+    interaction_id: str | None  # None when the turn could not be logged
+    adapter_version: str
+    helpful: bool | None = None  # the rating given in this session, if any
+
+
+@dataclass
+class ChatSession:
+    """The history of one conversation (a browser tab, a terminal). Held by the caller."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    user_id: str | None = None  # raw; the Ingestor stores only its salted hash
+    exchanges: list[Exchange] = field(default_factory=list)
+
+    def reset(self) -> None:
+        self.exchanges.clear()
+
+    def history(self) -> list[dict[str, str]]:
+        messages: list[dict[str, str]] = []
+        for exchange in self.exchanges:
+            messages.append({"role": "user", "content": exchange.prompt})
+            messages.append({"role": "assistant", "content": exchange.answer})
+        return messages
+
+
+class Turn:
+    """One answer being generated. Iterate for text deltas; when the iteration ends the turn
+    is logged, appended to its session, and `interaction_id` / `result` are set.
+
+    Leaving the iteration early (or `cancel()`) stops the generation; a cancelled turn is
+    neither logged nor kept in the history.
+    """
+
+    def __init__(self, engine: ChatEngine, session: ChatSession, prompt: str, stream: GenerationStream, adapter: str | None) -> None:
+        self._engine = engine
+        self.session = session
+        self.prompt = prompt
+        self._stream = stream
+        self.adapter_id = adapter
+        self.adapter_version = adapter or BASE_LABEL
+        self.text = ""
+        self.interaction_id: str | None = None
+        self.log_error: str | None = None
+        self._result: GenerationResult | None = None
+        self.started_at = datetime.now(UTC)
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        """The messages actually sent to the model (system prompt first, history trimmed to fit)."""
+        return self._stream.messages
+
+    @property
+    def result(self) -> GenerationResult:
+        if self._result is None:
+            raise RuntimeError("The turn has not finished; iterate it first.")
+        return self._result
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._run()
+
+    def cancel(self) -> None:
+        """Stop generating at the next token (the turn is then not logged)."""
+        self._stream.cancel()
+
+    def _run(self) -> Iterator[str]:
+        pieces: list[str] = []
+        deltas = iter(self._stream)
+        try:
+            for delta in deltas:
+                pieces.append(delta)
+                yield delta
+        finally:
+            deltas.close()  # left early: stops the generation thread now, not at garbage collection
+        self.text = "".join(pieces)
+        self._result = self._stream.result
+        if self._result.finish_reason != "cancelled":
+            self._engine._finish(self)
+
+    def consume(self) -> str:
+        """Drain the turn; returns the whole answer."""
+        for _ in self:
+            pass
+        return self.text
+
+
+class ChatEngine:
+    """Model + adapter hot-swap + logging for any number of chat sessions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: LoadedModel | str | Path | None = None,
+        store: Store | None = None,
+    ) -> None:
+        """`model`: an already loaded base, or a model folder; default: `load_base_model(settings)`."""
+        self.settings = settings
+        self.store = store or Store.from_settings(settings)
+        self.ingestor = Ingestor(settings, self.store)
+        self.registry = Registry(settings, self.store)
+        if isinstance(model, LoadedModel):
+            loaded = model
+        else:
+            loaded = load_base_model(settings if model is None else model)
+        self.base_loads = 1  # the base is loaded here and nowhere else; tests assert it stays 1
+        self.adapters = AdapterSet(loaded)
+        self.model_version = Path(loaded.source).name[:128]
+        self._serving: str | None = None
+        self._deployment_id: int | None = None
+        self._loaded_sha: dict[str, str] = {}
+        self.swap_error: str | None = None  # why the deployed adapter was refused, if it was
+        self._swap_lock = threading.Lock()
+        self._metrics_lock = threading.Lock()
+        self._knowledge: tuple[float, str] | None = None  # (mtime, rendered facts)
+        self.refresh()
+
+    # -- which adapter serves --------------------------------------------------------------
+
+    @property
+    def base_model(self) -> Any:
+        """The one base model object; the same object before and after any adapter swap."""
+        return self.adapters.base_model
+
+    @property
+    def adapter_id(self) -> str | None:
+        """The adapter answering new turns (None: the plain base model)."""
+        return self._serving
+
+    @property
+    def adapter_version(self) -> str:
+        """Label of the adapter answering new turns: its snapshot id, or `base`."""
+        return self._serving or BASE_LABEL
+
+    def refresh(self) -> str | None:
+        """Follow the registry: when the current deployment changed, swap to its adapter.
+
+        Costs one indexed query when nothing changed. An adapter whose files do not match the
+        registry's hash (or that fails to load) is refused: the error is logged, kept in
+        `swap_error`, and the previous adapter keeps serving until the next deployment.
+        Returns the adapter id now serving.
+        """
+        with self._swap_lock:
+            row = self.store.current_deployment()
+            deployment_id = row.id if row else None
+            if deployment_id == self._deployment_id:
+                return self._serving
+            self._deployment_id = deployment_id
+            adapter_id = row.adapter_id if row else None
+            try:
+                if adapter_id is not None:
+                    self._load(adapter_id)
+                # Waits for an answer in flight (it holds the AdapterSet lock).
+                self.adapters.activate(adapter_id)
+            except (RegistryError, ModelError, OSError, ValueError) as exc:
+                self.swap_error = f"deployment {deployment_id} (adapter {adapter_id}) refused: {exc}"
+                log.error("Keeping %s: %s", self.adapter_version, self.swap_error)
+                return self._serving
+            if adapter_id != self._serving:
+                log.info("Chat now answers with %s (was %s)", adapter_id or BASE_LABEL, self.adapter_version)
+            self._serving = adapter_id
+            self.swap_error = None
+            return self._serving
+
+    def _load(self, adapter_id: str) -> None:
+        path = self.registry.verified_path(adapter_id)
+        registered = self.store.get_adapter(adapter_id)
+        sha = registered.files_sha256 if registered else ""
+        previous = self._loaded_sha.get(adapter_id)
+        if previous is not None and previous != sha:
+            # The same snapshot was retrained and re-registered: drop the stale weights first.
+            with self.adapters.using(None):
+                self.adapters.unload(adapter_id)
+                del self._loaded_sha[adapter_id]
+                if self._serving == adapter_id:
+                    self._serving = None
+        self.adapters.ensure_loaded(adapter_id, path)
+        self._loaded_sha[adapter_id] = sha
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def system_prompt(self) -> str:
+        """The configured system prompt, plus the top knowledge facts when enabled."""
+        prompt = self.settings.system_prompt
+        if not self.settings.knowledge_in_prompt:
+            return prompt
+        facts = self._knowledge_text()
+        return f"{prompt}\n\nFacts from earlier conversations that people rated helpful:\n{facts}" if facts else prompt
+
+    def _knowledge_text(self) -> str:
+        from cl_assets.core.knowledge import load_facts, top_facts
+
+        path = self.settings.knowledge_path
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            if self._knowledge is None or self._knowledge[0] != -1.0:
+                log.warning("CL_KNOWLEDGE_IN_PROMPT is on but %s does not exist yet; materialize knowledge_facts", path)
+                self._knowledge = (-1.0, "")
+            return ""
+        if self._knowledge is None or self._knowledge[0] != mtime:  # re-read only when the file changed
+            self._knowledge = (mtime, top_facts(load_facts(path), KNOWLEDGE_FACTS))
+        return self._knowledge[1]
+
+    # -- turns ---------------------------------------------------------------------------------
+
+    def new_session(self, session_id: str | None = None, user_id: str | None = None) -> ChatSession:
+        return ChatSession(id=session_id or uuid.uuid4().hex, user_id=user_id)
+
+    def check_message(self, message: str) -> str:
+        """The message as it will be answered, or a `ChatError` saying what to change."""
+        if not isinstance(message, str) or not message.strip():
+            raise ChatError("Type a message first.")
+        limit = self.settings.max_message_chars
+        if len(message) > limit:
+            raise MessageTooLongError(
+                f"Your message is {len(message):,} characters long; the limit is {limit:,} "
+                "(CL_MAX_MESSAGE_CHARS). Shorten it and send it again."
+            )
+        if "\x00" in message:
+            raise ChatError("Your message contains a NUL character; remove it and send it again.")
+        return message
+
+    def ask(self, session: ChatSession, message: str) -> Turn:
+        """Start answering `message` in `session`; iterate the returned turn for the answer.
+
+        Raises `ChatError` (e.g. `MessageTooLongError`) or `PromptTooLongError` before anything
+        is generated, with a message for the person chatting.
+        """
+        message = self.check_message(message)
+        self.refresh()
+        adapter = self._serving
+        messages = [{"role": "system", "content": self.system_prompt()}, *session.history(), {"role": "user", "content": message}]
+        stream = self.adapters.stream_generate(
+            messages,
+            adapter,
+            max_new_tokens=self.settings.max_new_tokens,
+            temperature=self.settings.temperature,
+        )
+        return Turn(self, session, message, stream, adapter)
+
+    def regenerate(self, session: ChatSession, index: int = -1) -> Turn:
+        """Answer exchange `index` (default: the last) again.
+
+        The replaced answer gets implicit negative feedback (kind `regenerate`); it and every
+        later exchange leave the history, as in any chat UI's retry.
+        """
+        if not session.exchanges:
+            raise ChatError("There is no answer to regenerate yet.")
+        try:
+            replaced = session.exchanges[index]
+        except IndexError:
+            raise ChatError(f"There is no answer number {index} to regenerate.") from None
+        position = session.exchanges.index(replaced)
+        if replaced.interaction_id is not None:
+            self.ingestor.record_feedback(replaced.interaction_id, False, kind="regenerate")
+        del session.exchanges[position:]
+        return self.ask(session, replaced.prompt)
+
+    def feedback(self, interaction_id: str, helpful: bool | None) -> int:
+        """Record 👍 (True), 👎 (False) or a cleared rating (None); returns the event id."""
+        return self.ingestor.record_feedback(interaction_id, helpful, kind="explicit")
+
+    def rate(self, session: ChatSession, index: int, helpful: bool | None) -> int:
+        """`feedback` on the answer of exchange `index` of `session`, remembered in the session."""
+        try:
+            exchange = session.exchanges[index]
+        except IndexError:
+            raise ChatError("Wait for the answer to finish, then rate it.") from None
+        if exchange.interaction_id is None:
+            raise ChatError("This answer was not recorded, so it cannot be rated.")
+        event = self.feedback(exchange.interaction_id, helpful)
+        exchange.helpful = helpful
+        return event
+
+    def _finish(self, turn: Turn) -> None:
+        result = turn.result
+        interaction_id = uuid.uuid4().hex  # explicit: two identical turns are still two interactions
+        try:
+            self.ingestor.ingest_interaction(
+                id=interaction_id,
+                timestamp=turn.started_at,
+                session_id=turn.session.id,
+                user_id=turn.session.user_id,
+                prompt=turn.prompt,
+                response=turn.text,
+                source="chat",
+                model_version=self.model_version,
+                adapter_version=turn.adapter_id,
+                latency_ms=result.latency_ms,
+                ttft_ms=result.ttft_ms,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                tokens_per_s=result.tokens_per_s,
+            )
+        except IngestError as exc:  # the message names fields and limits, never the text
+            turn.log_error = f"This answer was not recorded: {exc}"
+            log.error("Turn of session %s not logged: %s", turn.session.id, exc)
+        else:
+            turn.interaction_id = interaction_id
+        self._write_metrics(turn, result)
+        turn.session.exchanges.append(Exchange(turn.prompt, turn.text, turn.interaction_id, turn.adapter_version))
+
+    def _write_metrics(self, turn: Turn, result: GenerationResult) -> None:
+        line = {
+            "time": datetime.now(UTC).isoformat(),
+            "source": "chat",
+            "interaction_id": turn.interaction_id,
+            "model_version": self.model_version,
+            "adapter_version": turn.adapter_version,
+            "latency_ms": round(result.latency_ms, 2),
+            "ttft_ms": round(result.ttft_ms, 2),
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            "tokens_per_s": round(result.tokens_per_s, 2),
+            "finish_reason": result.finish_reason,
+            "prompt_messages": result.prompt_messages,
+        }
+        path = self.settings.generation_metrics_path
+        with self._metrics_lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:  # one short append per turn
+                fh.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+__all__ = ["BASE_LABEL", "ChatEngine", "ChatError", "ChatSession", "Exchange", "MessageTooLongError", "Turn"]
