@@ -158,7 +158,7 @@ def eval_command(
 
     settings, _, registry = _store_and_registry()
     try:
-        items = load_qa(file or settings.qa_eval_path)
+        items = load_qa(file or settings.shipped("qa_eval.jsonl"))
         adapter_id = registry.current().adapter_id if adapter == "deployed" else None if adapter == "none" else adapter
         path = registry.verified_path(adapter_id) if adapter_id else None
     except (QAFormatError, RegistryError, FileNotFoundError) as exc:
@@ -318,6 +318,37 @@ def up(
         console.print(f"first start: ingested {report.accepted} demo interactions")
     console.print(f"Dagster UI on http://127.0.0.1:{port}, chat on http://{settings.chat_host}:{chat_port or settings.chat_port} — Ctrl-C stops both")
     raise typer.Exit(code=serve(settings, dagster_port=port, chat_port=chat_port))
+
+
+@app.command("forget-user")
+def forget_user_command(
+    user_id: Annotated[str, typer.Argument(help="The user's id as the chat or the import gave it (found by its salted hash).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Erase a user's interactions and feedback; taint the snapshots and adapters built from them."""
+    from cl_assets.core.erasure import forget_user
+    from cl_assets.core.identity import SaltMismatchError
+
+    try:
+        result = forget_user(get_settings(), user_id)
+    except (SaltMismatchError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(result.as_dict()))
+    else:
+        Console().print(f"erased {result.interactions} interaction(s) and {result.feedback_events} feedback event(s)")
+        Console().print(f"tainted snapshots: {', '.join(result.tainted_snapshots) or '-'}")
+        Console().print(f"tainted adapters: {', '.join(result.tainted_adapters) or '-'}")
+    if result.deployed_tainted:
+        undo = (
+            f"cl rollback --to {result.rollback_to} --reason 'erasure'"
+            if result.rollback_to
+            else "cl pipeline --curate --train --eval --deploy --note 'rebuild after erasure'"
+        )
+        console.print(
+            f"[yellow]warning:[/yellow] the deployed adapter {result.deployed_tainted} was trained on erased data "
+            f"and still serves. To stop serving it run: {undo}"
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -141,17 +141,24 @@ class Settings(BaseSettings):
     def registry_json_path(self) -> Path:
         return self.data_dir / "registry.json"
 
+    def shipped(self, relative: str) -> Path:
+        """A shipped input under the data folder, else the copy in the checkout's data/."""
+        own = self.data_dir / relative
+        return own if own.exists() else _project_root() / "data" / relative
+
     @property
     def qa_eval_path(self) -> Path:
+        """Taught-facts QA set this data folder owns; readers use `shipped("qa_eval.jsonl")`."""
         return self.data_dir / "qa_eval.jsonl"
 
     @property
     def qa_general_path(self) -> Path:
+        """General-knowledge QA set this data folder owns; readers use `shipped("qa_general.jsonl")`."""
         return self.data_dir / "qa_general.jsonl"
 
     @property
     def demo_path(self) -> Path:
-        return self.data_dir / "demo" / "interactions.jsonl"
+        return self.shipped("demo/interactions.jsonl")
 
     @property
     def learning_events_path(self) -> Path:

@@ -422,11 +422,12 @@ def compare_for_snapshot(
         if deployed_path is None:
             raise ValueError("deployed_path is required with deployed_id.")
         adapters.ensure_loaded(deployed_id, deployed_path)
-    general = load_qa(settings.qa_general_path) if settings.qa_general_path.exists() else []
+    general_path = settings.shipped("qa_general.jsonl")
+    general = load_qa(general_path) if general_path.exists() else []
     return compare_adapters(
         adapters,
         candidate_id,
-        taught=load_qa(settings.qa_eval_path),
+        taught=load_qa(settings.shipped("qa_eval.jsonl")),
         general=general,
         deployed_id=deployed_id,
         out_dir=settings.eval_dir / candidate_id,

@@ -9,6 +9,7 @@ import pytest
 
 from cl_assets.core import evaluation as E
 from cl_assets.core.model import AdapterSet, LoadedModel, load_base_model
+from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,8 @@ def test_compare_for_snapshot_uses_settings(adapters: AdapterSet, tiny_adapter_d
     report = E.compare_for_snapshot(settings, adapters, candidate, path)
     assert report.out_dir == settings.eval_dir / candidate
     assert (settings.eval_dir / candidate / "report.json").is_file()
-    assert report.general == {}  # no general set in this data folder
+    # No general set in this data folder: the shipped one from the checkout is used.
+    assert report.general["base"].n == len(E.load_qa(REPO / "data" / "qa_general.jsonl"))
     assert report.candidate_taught.max_new_tokens == 3
 
 
