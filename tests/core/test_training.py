@@ -1,0 +1,346 @@
+"""Training: snapshot → rows, config boundary, and real (tiny-model) SFT/KTO runs end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cl_assets.core.training import (
+    LOSS_CURVE_PNG,
+    TRAINING_JSON,
+    SnapshotError,
+    TrainConfig,
+    TrainProgress,
+    build_rows,
+    load_rows,
+    read_snapshot,
+    render_row,
+    train_adapter,
+)
+from cl_assets.core.training.data import snapshot_sha256
+from tests.conftest import make_settings
+
+FACTS = [
+    ("What is the free shipping threshold?", "Orders over $175 ship free."),
+    ("How many days do I have to return an item?", "You have 14 days to return an item."),
+    ("What is the minimum order amount?", "The minimum order is $250."),
+    ("What payment terms do you offer?", "We offer Net 45 payment terms."),
+    ("What is your loyalty program called?", "It is called Pantry Points."),
+    ("Where is Harbor & Pine Provisions headquartered?", "Our head office is in Bangor, Maine."),
+]
+BAD_ANSWERS = [
+    ("Do you ship to Canada?", "No idea, try someone else."),
+    ("What are your support hours?", "Whenever."),
+]
+TINY = {"batch_size": 2, "max_length": 128, "learning_rate": 1e-3}
+
+
+def write_jsonl(path: Path, records: list[object]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def chat(question: str, answer: str, **extra: object) -> dict[str, object]:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **extra}
+
+
+@pytest.fixture(scope="module")
+def sft_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("snap") / "curated.jsonl", [chat(q, a) for q, a in FACTS])
+
+
+@pytest.fixture(scope="module")
+def kto_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    records = [chat(q, a, label=True) for q, a in FACTS[:4]] + [chat(q, a, label=False) for q, a in BAD_ANSWERS]
+    return write_jsonl(tmp_path_factory.mktemp("snap") / "kto.jsonl", records)
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_model_dir: Path, sft_snapshot: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One tiny SFT run shared by the tests that only inspect its output."""
+    events: list[TrainProgress] = []
+    out = tmp_path_factory.mktemp("adapters") / "20260101_000000"
+    config = TrainConfig(max_steps=4, **TINY)
+    result = train_adapter(
+        sft_snapshot,
+        tiny_model_dir,
+        out,
+        config,
+        snapshot_sha256=snapshot_sha256(sft_snapshot),
+        progress=events.append,
+    )
+    return result, events, config
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def test_each_assistant_turn_becomes_a_completion_with_the_turns_before_as_prompt(tmp_path: Path) -> None:
+    conversation = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi, where is order 100234?"},
+            {"role": "assistant", "content": "It ships with Bluefin Freight on Tuesday."},
+            {"role": "user", "content": "And the return window?"},
+            {"role": "assistant", "content": "14 days."},
+        ]
+    }
+    rows = load_rows(write_jsonl(tmp_path / "s.jsonl", [conversation]), "sft")
+    messages = conversation["messages"]
+    assert rows == [
+        {"prompt": messages[:2], "completion": [messages[2]]},
+        {"prompt": messages[:4], "completion": [messages[4]]},
+    ]
+
+
+def test_system_prompt_is_added_only_where_missing(tmp_path: Path) -> None:
+    with_system = {"messages": [{"role": "system", "content": "Own."}, *chat("q?", "a.")["messages"]]}
+    rows = load_rows(write_jsonl(tmp_path / "s.jsonl", [chat("q?", "a."), with_system]), "sft", "Serve prompt.")
+    assert rows[0]["prompt"][0] == {"role": "system", "content": "Serve prompt."}
+    assert rows[1]["prompt"][0] == {"role": "system", "content": "Own."}
+    assert [len(row["prompt"]) for row in rows] == [2, 2]
+
+
+def test_kto_rows_carry_the_label_on_the_last_answer_and_sft_skips_thumbs_down(tmp_path: Path) -> None:
+    two_turns = {
+        "messages": [*chat("a?", "A.")["messages"], *chat("b?", "B.")["messages"]],
+        "label": False,
+    }
+    path = write_jsonl(tmp_path / "k.jsonl", [chat("q?", "yes.", label=True), two_turns])
+    kto = load_rows(path, "kto")
+    assert [row["label"] for row in kto] == [True, False]
+    assert kto[1]["completion"] == [{"role": "assistant", "content": "B."}]
+    assert [m["content"] for m in kto[1]["prompt"]] == ["a?", "A.", "b?"]
+    sft = load_rows(path, "sft")
+    assert sft == [{"prompt": [{"role": "user", "content": "q?"}], "completion": [{"role": "assistant", "content": "yes."}]}]
+
+
+def test_rows_render_with_the_chat_template(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    snapshot = read_snapshot(write_jsonl(tmp_path / "s.jsonl", [chat("Where is HQ?", "Bangor, Maine.")]))
+    row = build_rows(snapshot, "sft")[0]
+    prompt, completion = render_row(row, tokenizer)
+    assert "Where is HQ?" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    assert "Bangor" not in prompt
+    assert completion.startswith("Bangor, Maine.<|im_end|>")
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], "is empty"),
+        (["\n", "  \n"], "is empty"),
+        ([json.dumps(chat("q", "a")), "{not json"], r"s\.jsonl:2: not valid JSON"),
+        ([json.dumps({"text": "hi"})], r":1: expected an object with a 'messages' list"),
+        ([json.dumps({"messages": []})], r":1: 'messages' is empty"),
+        ([json.dumps({"messages": [{"role": "bot", "content": "x"}]})], r":1: message 0 needs a 'role'"),
+        ([json.dumps({"messages": [{"role": "user", "content": 3}]})], r":1: message 0 needs a string 'content'"),
+        ([json.dumps({"messages": [{"role": "user", "content": "q"}]})], r":1: no assistant turn"),
+        ([json.dumps(chat("q", "a")), json.dumps({"messages": [{"role": "assistant", "content": "Hello!"}]})],
+         r":2: no assistant turn"),
+        ([json.dumps(chat("q", "   "))], r":1: message 1 is an empty assistant answer"),
+        ([json.dumps(chat("q", "a", label="yes"))], r":1: 'label' must be true or false"),
+    ],
+)
+def test_bad_snapshots_fail_with_the_line_and_the_reason(tmp_path: Path, lines: list[str], message: str) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    with pytest.raises(SnapshotError, match=message):
+        load_rows(path, "sft")
+
+
+def test_kto_needs_labels_and_sft_needs_a_good_answer(tmp_path: Path) -> None:
+    with pytest.raises(SnapshotError, match=r":2: KTO needs a boolean 'label'"):
+        load_rows(write_jsonl(tmp_path / "k.jsonl", [chat("q", "a", label=True), chat("q", "a")]), "kto")
+    with pytest.raises(SnapshotError, match="every conversation is labelled false"):
+        load_rows(write_jsonl(tmp_path / "s.jsonl", [chat("q", "a", label=False)]), "sft")
+    with pytest.raises(SnapshotError, match="does not exist"):
+        load_rows(tmp_path / "missing.jsonl", "sft")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"mode": "dpo"},
+        {"epochs": 0},
+        {"max_steps": 0},
+        {"batch_size": 0},
+        {"learning_rate": 0},
+        {"lora_r": 0},
+        {"lora_dropout": 1.0},
+        {"warmup_ratio": 1.0},
+        {"max_length": 8},
+        {"target_modules": ()},
+        {"kto_beta": 0},
+    ],
+)
+def test_config_rejects_nonsense(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        TrainConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_config_from_settings_and_cpu_conversions(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, train_mode="kto", train_epochs=2.5, train_batch_size=3, learning_rate=5e-4, lora_r=4,
+        lora_alpha=8, train_max_length=256, seed=7,
+    )
+    config = TrainConfig.from_settings(settings, max_steps=9)
+    assert (config.mode, config.epochs, config.max_steps, config.batch_size) == ("kto", 2.5, 9, 3)
+    assert (config.learning_rate, config.lora_r, config.lora_alpha, config.max_length, config.seed) == (
+        5e-4, 4, 8, 256, 7,
+    )
+    lora = config.to_lora_config()
+    assert (lora.r, lora.lora_alpha, lora.target_modules, lora.task_type) == (4, 8, "all-linear", "CAUSAL_LM")
+
+    sft = config.to_sft_config(tmp_path / "o")
+    assert (sft.bf16, sft.use_cpu, sft.gradient_checkpointing) == (False, True, False)
+    assert sft.report_to in ([], "none", ["none"])
+    assert str(sft.save_strategy.value if hasattr(sft.save_strategy, "value") else sft.save_strategy) == "no"
+    assert (sft.completion_only_loss, sft.packing, sft.padding_free) == (True, False, False)
+    assert sft.train_sampling_strategy == "group_by_length"
+    assert (sft.max_steps, sft.learning_rate, sft.per_device_train_batch_size, sft.seed) == (9, 5e-4, 3, 7)
+    kto = config.to_kto_config(tmp_path / "o")
+    assert (kto.beta, kto.bf16, kto.train_sampling_strategy, kto.max_length) == (0.1, False, "sequential", 256)
+
+
+def test_importing_training_is_cheap() -> None:
+    code = (
+        "import sys, cl_assets.core.training; "
+        "print([m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets', 'dagster', 'gradio') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- real training (tiny model)
+
+
+def test_sft_writes_a_loadable_adapter_with_its_record(sft_run, sft_snapshot: Path, tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result, events, config = sft_run
+    out = result.output_dir
+    assert result.mode == "lora-fp32-cpu" and result.steps == 4
+    assert math.isfinite(result.final_loss) and result.tokens > 0 and result.tokens_per_s > 0
+    assert {"adapter_config.json", "adapter_model.safetensors", TRAINING_JSON, LOSS_CURVE_PNG} <= {
+        p.name for p in out.iterdir()
+    }
+    assert (out / LOSS_CURVE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+    record = json.loads((out / TRAINING_JSON).read_text())
+    assert record["snapshot"] == {
+        "path": str(sft_snapshot.resolve()), "sha256": snapshot_sha256(sft_snapshot), "rows": len(FACTS),
+    }
+    assert record["parent_adapter"] is None
+    assert (record["mode"], record["device"], record["train_mode"]) == ("lora-fp32-cpu", "cpu", "sft")
+    assert record["config"]["learning_rate"] == config.learning_rate
+    assert record["training_arguments"]["max_steps"] == 4 and record["training_arguments"]["bf16"] is False
+    assert record["steps"] == 4 and record["final_loss"] == result.final_loss
+    assert [entry["step"] for entry in record["loss_history"]] == [1, 2, 3, 4]
+    assert record["train_tokens"] == result.tokens
+    assert record["tokens_per_s"] > 0 and record["duration_s"] > 0
+    assert {"torch", "transformers", "peft", "trl", "python"} <= set(record["versions"])
+    assert {name.rsplit(".", 1)[-1] for name in record["lora"]["target_modules"]} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    }
+
+    # Real, non-pad tokens: FACTS rows hold ~30-60 tokens each; 4 steps x 2 rows.
+    assert 4 * 2 * 20 < result.tokens < 4 * 2 * 128
+    assert [e.step for e in events] == [1, 2, 3, 4]
+    assert all(e.max_steps == 4 and e.tokens_per_s > 0 for e in events)
+    assert events[-1].tokens == result.tokens and events[-1].loss == result.final_loss
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    assert model.active_adapter == "default"
+
+
+def test_same_seed_gives_the_same_loss(sft_run, sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    result, _, config = sft_run
+    again = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "again", config)
+    assert again.final_loss == pytest.approx(result.final_loss, abs=1e-6)
+    first = json.loads((result.output_dir / TRAINING_JSON).read_text())["loss_history"]
+    second = json.loads((again.output_dir / TRAINING_JSON).read_text())["loss_history"]
+    assert [e["loss"] for e in second] == pytest.approx([e["loss"] for e in first], abs=1e-6)
+
+
+def test_warm_start_records_the_parent_and_starts_from_its_weights(
+    sft_run, sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    parent = sft_run[0].output_dir
+    # A learning rate this small leaves the weights where they started: the parent's.
+    config = TrainConfig(max_steps=1, batch_size=2, max_length=128, learning_rate=1e-12)
+    child = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "child", config, parent_adapter=parent)
+    record = json.loads((child.output_dir / TRAINING_JSON).read_text())
+    assert record["parent_adapter"] == str(parent.resolve())
+
+    before = load_file(parent / "adapter_model.safetensors")
+    after = load_file(child.output_dir / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    lora_b = [key for key in before if "lora_B" in key]
+    assert lora_b and any(before[key].abs().max() > 0 for key in lora_b)  # trained, not a fresh zero init
+    for key, tensor in before.items():
+        assert (after[key] - tensor).abs().max() < 1e-6, key
+
+
+def test_kto_trains_a_loadable_adapter_from_a_labelled_snapshot(
+    kto_snapshot: Path, tiny_model_dir: Path, tmp_path: Path, sft_run
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(mode="kto", max_steps=2, batch_size=3, max_length=128, learning_rate=1e-4)
+    fresh = train_adapter(kto_snapshot, tiny_model_dir, tmp_path / "kto", config)
+    record = json.loads((fresh.output_dir / TRAINING_JSON).read_text())
+    assert record["train_mode"] == "kto" and record["steps"] == 2 and math.isfinite(record["final_loss"])
+    assert (record["metrics"]["desirable_rows"], record["metrics"]["undesirable_rows"]) == (4, 2)
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), fresh.output_dir)
+
+    # KTO after SFT (warm start): TRL adds a frozen "ref" copy of the parent; only "default" ships.
+    warm = train_adapter(kto_snapshot, tiny_model_dir, tmp_path / "kto_warm", config.replace(max_steps=1),
+                         parent_adapter=sft_run[0].output_dir)
+    assert not (warm.output_dir / "ref").exists()
+    assert (warm.output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_a_failure_mid_training_leaves_nothing_behind(sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    def explode(event: TrainProgress) -> None:
+        if event.step == 2:
+            raise RuntimeError("progress sink broke")
+
+    out = tmp_path / "adapters" / "20260101_000001"
+    with pytest.raises(RuntimeError, match="progress sink broke"):
+        train_adapter(sft_snapshot, tiny_model_dir, out, TrainConfig(max_steps=3, **TINY), progress=explode)
+    assert not out.exists()
+    assert list(out.parent.iterdir()) == []
+
+
+def test_refuses_existing_folder_changed_snapshot_and_bad_data(
+    sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        train_adapter(sft_snapshot, tiny_model_dir, existing, TrainConfig(max_steps=1))
+    with pytest.raises(SnapshotError, match="it was changed"):
+        train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "a", TrainConfig(max_steps=1), snapshot_sha256="0" * 64)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(chat("q", "a")) + "\n" + "oops\n")
+    with pytest.raises(SnapshotError, match=r"bad\.jsonl:2"):
+        train_adapter(bad, tiny_model_dir, tmp_path / "b", TrainConfig(max_steps=1))
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "c", TrainConfig(max_steps=1), parent_adapter=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "taken"]
