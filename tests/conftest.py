@@ -21,6 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("CL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def fail_in_ci_else_skip(message: str) -> None:
+    """A missing service or tool fails the run under CI (it must be there), and skips elsewhere."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def make_settings(home: Path, **overrides: object) -> Settings:
     """Settings rooted in `home`, ignoring any developer `.env` and `CL_*` variables."""
     values: dict[str, object] = {"home": home, "user_hash_salt": "test-salt-not-secret"}
@@ -58,10 +65,7 @@ def pg_server() -> str:
     """Admin URL of the real PostgreSQL; unreachable fails under CI, skips elsewhere."""
     problem = _pg_reachable()
     if problem:
-        message = f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {problem}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_in_ci_else_skip(f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {problem}")
     return PG_ADMIN_URL
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from dagster import DagsterInstance, materialize
 
 from cl_assets.defs.partitions import snapshot_partitions
+from cl_assets.launcher import prepare_dagster_home
 from cl_assets.defs.resources import BaseModelResource, SettingsResource, StoreResource
 from cl_assets.settings import Settings
 
@@ -21,12 +22,7 @@ STEP_ASSETS = {"curate": "curated_snapshot", "train": "lora_adapter", "eval": "a
 
 def project_instance(settings: Settings) -> DagsterInstance:
     """The persistent instance under the project's DAGSTER_HOME (created on first use)."""
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
-    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(prepare_dagster_home(settings))
     return DagsterInstance.get()
 
 

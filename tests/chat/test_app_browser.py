@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from cl_assets.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import fail_in_ci_else_skip, make_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -44,10 +43,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 120, what: str = "co
 @pytest.fixture(scope="module")
 def chromium() -> Path:
     if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing (apt-get install -y chromium; `make test` does it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        fail_in_ci_else_skip(f"{CHROMIUM} is missing (apt-get install -y chromium; `make test` does it)")
     return CHROMIUM
 
 
