@@ -1,12 +1,13 @@
 """PII sanitizer: typed placeholders for personal data and secrets, before anything is stored.
 
 Pure and I/O-free. Every detector is one compiled pattern plus a cheap validator
-(checksum, range, context), listed once in `_DETECTORS`. Patterns use only bounded or
-unambiguous repetition, so a scan is linear in the length of the text; a detector whose
-match can over-reach (a card followed by more digit groups, an IBAN followed by words)
-shrinks it in its validator and the scan resumes from there. For speed every pattern
-starts with a literal or a single character class (boundaries are checked by a
-lookbehind placed after that first character), which lets `re` skip ahead in C.
+(checksum, range, context), listed once in `_DETECTORS`. Patterns use only bounded,
+possessive or unambiguous repetition, so a scan is linear in the length of the text; a
+detector whose match can over-reach (a card followed by more digit groups, an IBAN
+followed by words) shrinks it in its validator and the scan resumes from there. For
+speed every pattern starts with a literal or a single character class (boundaries are
+checked by a lookbehind placed after that first character), which lets `re` skip ahead
+in C, and the numeric detectors only run inside runs of digits and separators.
 
 Choices worth knowing (each is tested):
 - Checksummed types are flagged wherever they appear: cards (Luhn), IBANs (mod-97 and
@@ -19,6 +20,9 @@ Choices worth knowing (each is tested):
   "IMEI", "version"/"v", ...) is not PII; dates and times are never phones.
 - On overlap the more specific type wins (SECRET > EMAIL > IBAN > CREDIT_CARD > SSN >
   IP_ADDRESS > PHONE), then the longer span.
+- `sanitize` is idempotent: a value glued to a placeholder stays blocked as it was by
+  the value the placeholder replaced, and where a finding may have hidden more (see
+  `_find`) the text is scanned again with the findings replaced.
 - Digits are ASCII only: other scripts' digits or a zero-width character inside a number
   split it.
 """
@@ -65,10 +69,11 @@ Span = tuple[int, int]
 # --------------------------------------------------------------------------- shared checks
 
 # A number right after one of these labels names a thing, not a person.
-_NOT_PII_LABELS = frozenset(
-    "isbn issn imei iccid meid order ord lot batch invoice inv sku item part tracking ref reference po "
-    "version ver v build release rev revision firmware fw model patch".split()
-)
+_NOT_PII_LABELS = frozenset({
+    "isbn", "issn", "ean", "upc", "gtin", "asin", "imei", "iccid", "meid", "order", "ord", "lot", "batch", "invoice",
+    "inv", "sku", "item", "part", "tracking", "ref", "reference", "po", "version", "ver", "v", "build", "release",
+    "rev", "revision", "firmware", "fw", "model", "patch",
+})  # fmt: skip
 _LABEL_NUMBER_WORDS = frozenset(("no", "nr", "num", "number", "id"))
 _LABEL_SEPARATORS = " \t\r\n#:."
 
@@ -94,12 +99,11 @@ def _said_before(words: re.Pattern[str], text: str, start: int, reach: int) -> b
     to the end) matches a whole word within `reach` characters before `start`. The
     patterns start with a literal, so `re` skips to candidate letters; the word boundary
     in front is checked here."""
-    window = text[max(0, start - reach) : start].lower()
+    offset = max(0, start - reach)
+    window = _lowercase(text[offset:start])
     pos = 0
     while (m := words.search(window, pos)) is not None:
-        if m.start() == 0 and start > reach and text[start - reach - 1].isalnum():
-            pass  # the window cut a word
-        elif m.start() == 0 or not window[m.start() - 1].isalnum():
+        if not _word_before(text, offset + m.start()):
             return True
         pos = m.start() + 1
     return False
@@ -132,7 +136,7 @@ def _glued_to_placeholder(text: str, start: int, end: int) -> bool:
     return (
         _after_placeholder(text, start)
         or (end < len(text) and text[end] == "[" and _PLACEHOLDER.match(text, end) is not None)
-        or (end + 1 < len(text) and text[end] in "-." and text[end + 1] == "[" and _PLACEHOLDER.match(text, end + 1))
+        or (end + 1 < len(text) and text[end] in "-." and _PLACEHOLDER.match(text, end + 1) is not None)
         or ("[" in text[start:end] and _PLACEHOLDER.search(text, start, end) is not None)
     )
 
@@ -155,9 +159,25 @@ def _continues_code(text: str, start: int, *, digit_group: bool) -> bool:
     return start == 5 or not (text[start - 6].isalnum() or text[start - 6] == "_")
 
 
+def _word_before(text: str, pos: int) -> bool:
+    """True if `text[pos]` continues a word: after a letter, digit, "_" or a placeholder
+    (which stands for a value that did the same before it was replaced)."""
+    if pos == 0:
+        return False
+    ch = text[pos - 1]
+    return ch.isalnum() or ch == "_" or _after_placeholder(text, pos)
+
+
+_ANY_DIGIT = re.compile(r"[0-9]")
+
+
+def _has_digit(s: str) -> bool:
+    return _ANY_DIGIT.search(s) is not None
+
+
 def _digit_count(s: str) -> int:
     """Digits in a candidate made of ASCII digits and the separators " -.()+"."""
-    return len(s) - sum(map(s.count, " -.()+"))
+    return len(s.encode().translate(None, b" -.()+"))
 
 
 # --------------------------------------------------------------------------- EMAIL
@@ -221,17 +241,14 @@ def _phone_nanp(m: re.Match[str]) -> Span | None:
 
 def _phone_intl(m: re.Match[str]) -> Span | None:
     """E.164 allows at most 15 digits: keep the longest group prefix with 8-15 digits."""
-    start = m.start()
-    if _labelled_not_pii(m.string, start):
-        return None
-    s, digits, end = m.group(), 0, None
+    start, s, digits, end = m.start(), m.group(), 0, None
     for g in _DIGIT_RUN.finditer(s):
         digits += len(g.group())
         if digits > 15:
             break
         if digits >= 8:
             end = g.end()
-    if end is None:
+    if end is None or _labelled_not_pii(m.string, start):
         return None
     return (start, m.end() if digits <= 15 else start + end)
 
@@ -247,13 +264,29 @@ def _phone_natl(m: re.Match[str]) -> Span | None:
 
 
 def _phone_in_context(m: re.Match[str]) -> Span | None:
-    """7-15 digits, not a date, right after "phone", "tel", "call", ... (20 characters)."""
+    """7-15 digits, not a date, right after "phone", "tel", "call", ... (20 characters)
+    or "my number" / "my <word> number" for a word that is not a thing's number."""
     text, start, s = m.string, m.start(), m.group()
     if not 7 <= _digit_count(s) <= 15 or _starts_like_date(s):
         return None
-    if not _said_before(_PHONE_WORD, text, start, 40):
+    if not (_said_before(_PHONE_WORD, text, start, 40) or _my_number_before(text, start)):
         return None
     return m.span()
+
+
+_MY_NUMBER = re.compile(r"my\s+(?:([a-z]{1,12})\s+)?number\b[^0-9\]]{0,12}\Z")
+_NOT_PHONE_NUMBERS = _NOT_PII_LABELS | frozenset({
+    "account", "card", "credit", "debit", "customer", "member", "membership", "policy", "case", "ticket", "routing",
+    "confirmation", "booking", "reservation", "serial", "license", "passport", "tax", "social", "security", "ssn",
+    "id", "bank", "iban", "tracking",
+})  # fmt: skip
+
+
+def _my_number_before(text: str, start: int) -> bool:
+    """ "my number is ...", "my CN number: ..." (but not "my order number ...")."""
+    offset = max(0, start - 40)
+    m = _MY_NUMBER.search(_lowercase(text[offset:start]))
+    return m is not None and not _word_before(text, offset + m.start()) and m.group(1) not in _NOT_PHONE_NUMBERS
 
 
 # --------------------------------------------------------------------------- SSN
@@ -316,18 +349,22 @@ def _card(m: re.Match[str]) -> Span | None:
     """A valid number; in a run of groups, the longest valid prefix of the run whose
     layout is a card's (4 digits first, then groups of 3-6, the last may be short)."""
     text, start, s, sep = m.string, m.start(), m.group(), m.group("sep")
-    if _labelled_not_pii(text, start):
-        return None
     if sep is None:
-        return m.span() if _card_number_ok(s) else None
-    if _continues_code(text, start, digit_group=False):
-        return None
-    groups = s.split(sep)
-    for size in range(len(groups), 1, -1):
-        window = groups[:size]
-        if all(3 <= len(g) <= 6 for g in window[1:-1]) and _card_number_ok("".join(window)):
-            return (start, start + len(sep.join(window)))
-    return None
+        if not _card_number_ok(s):
+            return None
+        end = m.end()
+    else:
+        groups = s.split(sep)
+        for size in range(len(groups), 1, -1):
+            window = groups[:size]
+            if all(3 <= len(g) <= 6 for g in window[1:-1]) and _card_number_ok("".join(window)):
+                end = start + len(sep.join(window))
+                break
+        else:
+            return None
+        if _continues_code(text, start, digit_group=False):
+            return None
+    return None if _labelled_not_pii(text, start) else (start, end)
 
 
 def _card_resume(m: re.Match[str]) -> int:
@@ -374,7 +411,7 @@ def _ipv6(m: re.Match[str]) -> Span | None:
     except ValueError:
         return None
     if addr != "::1":
-        if not any("0" <= ch <= "9" for ch in addr):
+        if not _has_digit(addr):
             return None
         if "::" in addr and "." not in addr and all(len(g) <= 2 for g in addr.split(":")):
             return None
@@ -385,8 +422,8 @@ def _ipv6(m: re.Match[str]) -> Span | None:
 
 
 def _ipv6_possible(text: str) -> bool:
-    """Every IPv6 address has "::" or seven colons: skip the scan otherwise."""
-    return "::" in text or text.count(":") >= 7
+    """Every IPv6 address has "::", or seven colons (six before an embedded IPv4)."""
+    return "::" in text or text.count(":") >= 6
 
 
 # --------------------------------------------------------------------------- IBAN
@@ -466,8 +503,8 @@ _PEM = re.compile(
     r"(?:[A-Za-z0-9+/=:,.\s]|-(?!----)){0,65536}"
     r"(?:-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?-----)?"
 )
-# The two below are matched against the lowercased text (same offsets, see `_lowercase`).
-_BEARER = re.compile(r"b(?<![\w]b)(?:earer|asic)\s{1,4}(?P<v>[a-z0-9._~+/-]{16,}+=*+)(?![\w.~+/=-])")
+_BEARER = re.compile(r"[Bb](?:earer|EARER|asic|ASIC)\s{1,4}(?P<v>[A-Za-z0-9._~+/-]{16,}+=*+)(?![\w.~+/=-])")
+# Matched against the lowercased text (same offsets, see `_lowercase`).
 _ASSIGNMENT = re.compile(
     r"(?:api[_-]?key|apikey|secret|token|passw(?:or)?d|pwd|passphrase|credentials?|private[_-]?key)"
     r"[a-z0-9]{0,20}(?:[_.-][a-z0-9]{1,20}){0,3}[\"']?\s{0,3}(?::=|=>|[:=])\s{0,3}"
@@ -475,13 +512,26 @@ _ASSIGNMENT = re.compile(
 )
 
 
-def _whole(m: re.Match[str]) -> Span | None:
-    """Known key and token shapes and PEM blocks are unmistakable: the match is the secret."""
+def _token(m: re.Match[str]) -> Span | None:
+    """Known key and token shapes; an "sk-..." one must hold a digit, as random keys all
+    but always do and hyphenated words ("sk-learn-style-configuration") do not."""
+    token = m.group()
+    if token.startswith("sk-") and not _has_digit(token):
+        return None
+    return m.span()
+
+
+def _pem(m: re.Match[str]) -> Span | None:
+    """A private key block is unmistakable: the match is the secret."""
     return m.span()
 
 
 def _bearer(m: re.Match[str]) -> Span | None:
-    """Keep "Bearer"/"Basic", hide the credential that follows it."""
+    """Keep "Bearer"/"Basic", hide the credential after it: one with a digit, a capital or
+    a symbol, which "basic internationalization" lacks."""
+    value = m.group("v")
+    if _word_before(m.string, m.start()) or (value.islower() and value.isalpha()):
+        return None
     return m.span("v")
 
 
@@ -506,50 +556,71 @@ Candidate = tuple[int, int, str]  # start, end, type
 
 @dataclass(frozen=True, slots=True)
 class _Detector:
-    """One pattern and its validator. `min_digits` > 0 marks a numeric detector: its
-    matches are runs of digits and separators, so it only runs inside such runs (see
-    `_ISLAND`) holding that many digits. `lowercase`: scan the lowercased text. `needs`:
-    a cheap test that the text (for a numeric detector: the run) must pass for the scan to
-    run. `resume`: where to go on after a rejected match (default: its end)."""
+    """One pattern and its validator, and what it takes for the scan to be worth running.
+
+    `min_digits` > 0 marks a numeric detector: its matches are runs of digits and
+    separators, so it only runs inside such runs (see `_ISLAND`) holding that many digits,
+    and `needs` tests the run; otherwise `needs` tests the text. `keywords`: a test of
+    the lowercased text (that one of the words it needs occurs). `lowercase`: scan the lowercased text.
+    `resume`: where to go on after a rejected match (default: its end)."""
 
     type: str
     pattern: re.Pattern[str]
     validate: Callable[[re.Match[str]], Span | None]
     min_digits: int = 0
-    lowercase: bool = False
     needs: Callable[[str], bool] | None = None
+    keywords: Callable[[str], bool] | None = None
+    lowercase: bool = False
     resume: Callable[[re.Match[str]], int] | None = None
 
 
 def _may_hold_token(text: str) -> bool:
-    """Every `_TOKEN_SHAPES` entry contains one of these: skip the scan otherwise."""
+    """Every `_TOKEN_SHAPES` entry contains one of these."""
     return (
         "_" in text or "sk-" in text or "xox" in text or "eyJ" in text or "glpat-" in text
         or "AKIA" in text or "ASIA" in text or "AIza" in text
     )  # fmt: skip
 
 
-def _may_hold_assignment(low: str) -> bool:
+def _may_start_national(run: str) -> bool:
+    """A national number starts with its trunk 0 at the start of a group."""
+    return run[0] == "0" or "(0" in run or " 0" in run or "-0" in run or ".0" in run
+
+
+def _names_a_secret(low: str) -> bool:
     """Every `_ASSIGNMENT` keyword contains one of these."""
     return "key" in low or "secret" in low or "token" in low or "pass" in low or "pwd" in low or "credential" in low
 
 
+def _names_an_ssn(low: str) -> bool:
+    """What `_SSN_WORD` looks for."""
+    return "ssn" in low or "social" in low or ("ss" in low and "#" in low)
+
+
+def _names_a_phone(low: str) -> bool:
+    """What `_PHONE_WORD` and `_MY_NUMBER` look for."""
+    return (
+        "phone" in low or "tel" in low or "mobile" in low or "cell" in low or "fax" in low or "whatsapp" in low
+        or "sms" in low or "call" in low or "number" in low
+    )  # fmt: skip
+
+
 _DETECTORS: tuple[_Detector, ...] = (
-    _Detector("SECRET", _SECRET_TOKEN, _whole, needs=_may_hold_token),
-    _Detector("SECRET", _PEM, _whole, needs=lambda text: "-----BEGIN " in text),
-    _Detector("SECRET", _BEARER, _bearer, lowercase=True, needs=lambda low: "bearer" in low or "basic" in low),
-    _Detector("SECRET", _ASSIGNMENT, _assignment, lowercase=True, needs=_may_hold_assignment),
+    _Detector("SECRET", _SECRET_TOKEN, _token, needs=_may_hold_token),
+    _Detector("SECRET", _PEM, _pem, needs=lambda text: "-----BEGIN " in text),
+    _Detector("SECRET", _BEARER, _bearer),
+    _Detector("SECRET", _ASSIGNMENT, _assignment, keywords=_names_a_secret, lowercase=True),
     _Detector("EMAIL", _EMAIL, _email, needs=lambda text: "@" in text),
     _Detector("IBAN", _IBAN, _iban),
     _Detector("IP_ADDRESS", _IPV6, _ipv6, needs=_ipv6_possible),
     _Detector("CREDIT_CARD", _CARD, _card, min_digits=13, resume=_card_resume),
     _Detector("SSN", _SSN, _ssn, min_digits=9),
-    _Detector("SSN", _SSN_BARE, _ssn_in_context, min_digits=9),
-    _Detector("IP_ADDRESS", _IPV4, _ipv4, min_digits=4, needs=lambda run: "." in run),
+    _Detector("SSN", _SSN_BARE, _ssn_in_context, min_digits=9, keywords=_names_an_ssn),
+    _Detector("IP_ADDRESS", _IPV4, _ipv4, min_digits=4, needs=lambda run: run.count(".") >= 3),
     _Detector("PHONE", _PHONE_NANP, _phone_nanp, min_digits=10),
     _Detector("PHONE", _PHONE_INTL, _phone_intl, min_digits=8, needs=lambda run: "+" in run),
-    _Detector("PHONE", _PHONE_NATL, _phone_natl, min_digits=9, needs=lambda run: "0" in run),
-    _Detector("PHONE", _PHONE_BARE, _phone_in_context, min_digits=7),
+    _Detector("PHONE", _PHONE_NATL, _phone_natl, min_digits=9, needs=_may_start_national),
+    _Detector("PHONE", _PHONE_BARE, _phone_in_context, min_digits=7, keywords=_names_a_phone),
 )
 _TEXT_DETECTORS = tuple(d for d in _DETECTORS if not d.min_digits)
 _NUMERIC_DETECTORS = tuple(d for d in _DETECTORS if d.min_digits)
@@ -559,7 +630,7 @@ _NUMERIC_DETECTORS = tuple(d for d in _DETECTORS if d.min_digits)
 # extension's letters) lies inside one, so those detectors only run there: most texts
 # have no such run at all.
 _ISLAND = re.compile(r"[+(0-9](?<![\w][+(0-9])[-0-9(). /+]{6,}")
-_ISLAND_SEPARATORS = " -.()/+"
+_ISLAND_SEPARATORS = b" -.()/+"
 _EXTENSION_ROOM = 24  # characters after a run a match may still look at ("ext. 123456")
 _UPPER_RUN = re.compile(r"[A-Z]+")
 
@@ -575,14 +646,22 @@ def _lowercase(text: str) -> str:
 
 
 def _scan(
-    det: _Detector, subject: str, pos: int, stop: int, endpos: int, found: list[Candidate], rejected: list[Span]
+    det: _Detector,
+    text: str,
+    subject: str,
+    pos: int,
+    stop: int,
+    endpos: int,
+    found: list[Candidate],
+    rejected: list[Span],
 ) -> None:
-    """Run one detector over `subject[pos:endpos]` for matches that start before `stop`;
-    validated spans go to `found`, the extent of rejected matches to `rejected`."""
+    """Run one detector over `subject[pos:endpos]` (the text or its lowercased copy) for
+    matches that start before `stop`; validated spans go to `found`, the extent of
+    rejected matches to `rejected`."""
     pattern, validate, resume, kind = det.pattern, det.validate, det.resume, det.type
     while (m := pattern.search(subject, pos, endpos)) is not None and m.start() < stop:
         span = validate(m)
-        if span is not None and span[1] > span[0] and not _glued_to_placeholder(subject, span[0], span[1]):
+        if span is not None and span[1] > span[0] and not _glued_to_placeholder(text, span[0], span[1]):
             found.append((span[0], span[1], kind))
             pos = span[1]
         else:
@@ -598,24 +677,32 @@ def _candidates(text: str, rejected: list[Span]) -> list[Candidate]:
     n = len(text)
     low: str | None = None
     for det in _TEXT_DETECTORS:
-        if det.lowercase:
+        if det.needs is not None and not det.needs(text):
+            continue
+        subject = text
+        if det.lowercase or det.keywords is not None:
             if low is None:
                 low = _lowercase(text)
-            subject = low
-        else:
-            subject = text
-        if det.needs is None or det.needs(subject):
-            _scan(det, subject, 0, n, n, found, rejected)
+            if det.keywords is not None and not det.keywords(low):
+                continue
+            if det.lowercase:
+                subject = low
+        _scan(det, text, subject, 0, n, n, found, rejected)
+    numeric: list[_Detector] | None = None
     for island in _ISLAND.finditer(text):
         run = island.group()
-        digits = len(run) - sum(map(run.count, _ISLAND_SEPARATORS))
+        digits = len(run.encode().translate(None, _ISLAND_SEPARATORS))  # ASCII: fast in C
         if digits < 4:
             continue
+        if numeric is None:
+            if low is None:
+                low = _lowercase(text)
+            numeric = [d for d in _NUMERIC_DETECTORS if d.keywords is None or d.keywords(low)]
         start, stop = island.span()
         endpos = min(n, stop + _EXTENSION_ROOM)
-        for det in _NUMERIC_DETECTORS:
+        for det in numeric:
             if digits >= det.min_digits and (det.needs is None or det.needs(run)):
-                _scan(det, text, start, stop, endpos, found, rejected)
+                _scan(det, text, text, start, stop, endpos, found, rejected)
     return found
 
 
