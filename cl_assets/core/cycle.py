@@ -202,12 +202,32 @@ class Curated:
     enough_rows: bool
 
 
+def _set_aside_unregistered(settings: Any, snapshot_id: str) -> None:
+    """Move a snapshot file that has no row out of the way (renamed to an ignored dot-file).
+
+    A snapshot's row is written right after its file is renamed into place, so a file without a
+    row is what a run killed in between leaves behind. It is never read (nothing trusts an
+    unregistered file) but it would block every retry of its partition.
+    """
+    import os
+    from datetime import UTC, datetime
+
+    from cl_assets.core.curation import snapshot_path
+
+    path = snapshot_path(settings, snapshot_id)
+    if path.exists():
+        aside = path.with_name(f".{path.name}.unregistered-{datetime.now(UTC):%Y%m%d_%H%M%S_%f}")
+        os.replace(path, aside)
+        log.warning("%s was never registered (its run was interrupted); set aside as %s", path.name, aside.name)
+
+
 def curate_partition(settings: Any, store: Store, snapshot_id: str, note: str | None = None) -> Curated:
     """Curate the snapshot of this id (or reuse it: snapshots are immutable) and validate it."""
     from cl_assets.core.curation import SnapshotResult, curate_snapshot, validate_snapshot
 
     row = store.get_snapshot(snapshot_id)
     if row is None:
+        _set_aside_unregistered(settings, snapshot_id)
         result = curate_snapshot(settings, store, snapshot_id=snapshot_id, note=note or None)
     else:
         path = Path(row.path)

@@ -85,6 +85,14 @@ class Registry:
         path = adapter_dir(self.settings, adapter_id)
         if not path.is_dir():
             raise RegistryError(f"adapter {adapter_id} has no folder at {path}")
+        # CL writes plain files only. A link would make PEFT read a file outside the adapters
+        # folder, which can change after this check even when its bytes match the hash now.
+        link = next((p for p in path.rglob("*") if p.is_symlink()), None)
+        if link is not None:
+            raise RegistryError(
+                f"adapter {adapter_id} holds a symbolic link ({link.relative_to(path).as_posix()}); "
+                "adapter folders must hold plain files only"
+            )
         actual = files_sha256(path)
         if actual != adapter.files_sha256:
             raise RegistryError(f"adapter {adapter_id}'s files do not match the registry's hash (changed on disk?)")

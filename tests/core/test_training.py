@@ -117,7 +117,9 @@ def test_kto_rows_carry_the_label_on_the_last_answer_and_sft_skips_thumbs_down(t
     assert kto[1]["completion"] == [{"role": "assistant", "content": "B."}]
     assert [m["content"] for m in kto[1]["prompt"]] == ["a?", "A.", "b?"]
     sft = load_rows(path, "sft")
-    assert sft == [{"prompt": [{"role": "user", "content": "q?"}], "completion": [{"role": "assistant", "content": "yes."}]}]
+    assert sft == [
+        {"prompt": [{"role": "user", "content": "q?"}], "completion": [{"role": "assistant", "content": "yes."}]}
+    ]
 
 
 def test_rows_render_with_the_chat_template(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -143,8 +145,10 @@ def test_rows_render_with_the_chat_template(tiny_model_dir: Path, tmp_path: Path
         ([json.dumps({"messages": [{"role": "bot", "content": "x"}]})], r":1: message 0 needs a 'role'"),
         ([json.dumps({"messages": [{"role": "user", "content": 3}]})], r":1: message 0 needs a string 'content'"),
         ([json.dumps({"messages": [{"role": "user", "content": "q"}]})], r":1: no assistant turn"),
-        ([json.dumps(chat("q", "a")), json.dumps({"messages": [{"role": "assistant", "content": "Hello!"}]})],
-         r":2: no assistant turn"),
+        (
+            [json.dumps(chat("q", "a")), json.dumps({"messages": [{"role": "assistant", "content": "Hello!"}]})],
+            r":2: no assistant turn",
+        ),
         ([json.dumps(chat("q", "   "))], r":1: message 1 is an empty assistant answer"),
         ([json.dumps(chat("q", "a", label="yes"))], r":1: 'label' must be true or false"),
     ],
@@ -191,13 +195,24 @@ def test_config_rejects_nonsense(bad: dict[str, object]) -> None:
 
 def test_config_from_settings_and_cpu_conversions(tmp_path: Path) -> None:
     settings = make_settings(
-        tmp_path, train_mode="kto", train_epochs=2.5, train_batch_size=3, learning_rate=5e-4, lora_r=4,
-        lora_alpha=8, train_max_length=256, seed=7,
+        tmp_path,
+        train_mode="kto",
+        train_epochs=2.5,
+        train_batch_size=3,
+        learning_rate=5e-4,
+        lora_r=4,
+        lora_alpha=8,
+        train_max_length=256,
+        seed=7,
     )
     config = TrainConfig.from_settings(settings, max_steps=9)
     assert (config.mode, config.epochs, config.max_steps, config.batch_size) == ("kto", 2.5, 9, 3)
     assert (config.learning_rate, config.lora_r, config.lora_alpha, config.max_length, config.seed) == (
-        5e-4, 4, 8, 256, 7,
+        5e-4,
+        4,
+        8,
+        256,
+        7,
     )
     lora = config.to_lora_config()
     assert (lora.r, lora.lora_alpha, lora.target_modules, lora.task_type) == (4, 8, "all-linear", "CAUSAL_LM")
@@ -241,7 +256,9 @@ def test_sft_writes_a_loadable_adapter_with_its_record(sft_run, sft_snapshot: Pa
 
     record = json.loads((out / TRAINING_JSON).read_text())
     assert record["snapshot"] == {
-        "path": str(sft_snapshot.resolve()), "sha256": snapshot_sha256(sft_snapshot), "rows": len(FACTS),
+        "path": str(sft_snapshot.resolve()),
+        "sha256": snapshot_sha256(sft_snapshot),
+        "rows": len(FACTS),
     }
     assert record["parent_adapter"] is None
     assert (record["mode"], record["device"], record["train_mode"]) == ("lora-fp32-cpu", "cpu", "sft")
@@ -253,7 +270,13 @@ def test_sft_writes_a_loadable_adapter_with_its_record(sft_run, sft_snapshot: Pa
     assert record["tokens_per_s"] > 0 and record["duration_s"] > 0
     assert {"torch", "transformers", "peft", "trl", "python"} <= set(record["versions"])
     assert {name.rsplit(".", 1)[-1] for name in record["lora"]["target_modules"]} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     }
 
     # Real, non-pad tokens: FACTS rows hold ~30-60 tokens each; 4 steps x 2 rows.
@@ -310,8 +333,13 @@ def test_kto_trains_a_loadable_adapter_from_a_labelled_snapshot(
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), fresh.output_dir)
 
     # KTO after SFT (warm start): TRL adds a frozen "ref" copy of the parent; only "default" ships.
-    warm = train_adapter(kto_snapshot, tiny_model_dir, tmp_path / "kto_warm", config.replace(max_steps=1),
-                         parent_adapter=sft_run[0].output_dir)
+    warm = train_adapter(
+        kto_snapshot,
+        tiny_model_dir,
+        tmp_path / "kto_warm",
+        config.replace(max_steps=1),
+        parent_adapter=sft_run[0].output_dir,
+    )
     assert not (warm.output_dir / "ref").exists()
     assert (warm.output_dir / "adapter_model.safetensors").is_file()
 

@@ -87,7 +87,12 @@ class Store:
                         fresh.append(row)
                 if not fresh:
                     continue
-                s.execute(self._insert_ignoring_conflicts(Interaction), fresh)
+                # Another writer may insert the same ids between our check and this insert (on
+                # PostgreSQL; SQLite's write lock serializes us): RETURNING names the rows this
+                # statement really inserted, so their feedback events are written exactly once.
+                stmt = self._insert_ignoring_conflicts(Interaction).returning(Interaction.id)
+                mine = set(s.scalars(stmt, fresh))
+                fresh = [r for r in fresh if r["id"] in mine]
                 feedback = [
                     {"interaction_id": r["id"], "helpful": r["helpful"], "kind": "explicit", "created_at": r.get("feedback_at") or utcnow()}
                     for r in fresh

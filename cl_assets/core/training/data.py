@@ -133,8 +133,7 @@ def conversation_rows(
     if conversation.label is False:
         return []
     return [
-        {"prompt": _with_system(messages[:index], system_prompt), "completion": [messages[index]]}
-        for index in indexes
+        {"prompt": _with_system(messages[:index], system_prompt), "completion": [messages[index]]} for index in indexes
     ]
 
 

@@ -80,7 +80,9 @@ def _progress_callback_class() -> type:
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.started = time.perf_counter()
 
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
+        ) -> None:
             if not logs or "loss" not in logs:  # the end-of-run summary has "train_loss" instead
                 return
             elapsed = time.perf_counter() - self.started
@@ -133,7 +135,9 @@ def train_adapter(
     if output_dir.exists():
         raise FileExistsError(f"adapter folder {output_dir} already exists; adapters are immutable, pick a new folder")
     if parent_adapter is not None and not (Path(parent_adapter) / ADAPTER_CONFIG).is_file():
-        raise FileNotFoundError(f"parent adapter {parent_adapter} has no {ADAPTER_CONFIG}; is it a PEFT adapter folder?")
+        raise FileNotFoundError(
+            f"parent adapter {parent_adapter} has no {ADAPTER_CONFIG}; is it a PEFT adapter folder?"
+        )
 
     # Validate the data before paying for a model load.
     rows = load_rows(snapshot_path, config.mode, config.system_prompt)
@@ -230,7 +234,10 @@ def _make_trainer(
 ) -> Any:
     from datasets import Dataset
 
-    dataset = Dataset.from_list(rows)
+    # TRL renders each row with the chat template and passes `chat_template_kwargs` through:
+    # control tokens typed inside a message are then encoded as plain text, as the chat does at
+    # inference (`model._encode`), so no message can forge a turn of the template.
+    dataset = Dataset.from_list([{**row, "chat_template_kwargs": {"sanitize_control_tokens": True}} for row in rows])
     if config.mode == "kto":
         from trl import KTOTrainer
 
