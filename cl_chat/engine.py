@@ -282,6 +282,10 @@ class ChatEngine:
             )
         if "\x00" in message:
             raise ChatError("Your message contains a NUL character; remove it and send it again.")
+        try:
+            message.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: what a terminal makes of invalid UTF-8
+            raise ChatError("Your message is not valid text (broken characters); retype it and send it again.") from None
         return message
 
     def ask(self, session: ChatSession, message: str) -> Turn:
