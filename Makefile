@@ -27,6 +27,7 @@ up: setup
 	$(VENV)/bin/cl up
 
 test: setup browser
+	$(PY) -m ruff check --select F,E9 cl_assets cl_chat tests scripts
 	$(PY) -m pytest -q
 
 # The browser test drives Debian's Chromium (Playwright's own browser download is not used).
