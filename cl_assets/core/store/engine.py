@@ -7,6 +7,7 @@ write transactions, so two writers queue on the lock instead of one failing with
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def _alembic_config(engine: Engine):  # type: ignore[no-untyped-def]
     return cfg
 
 
+@functools.cache
 def head_revision() -> str:
+    """The newest migration shipped with this code (read once per process)."""
     from alembic.script import ScriptDirectory
 
     cfg = _alembic_config(create_engine("sqlite://"))
