@@ -1,0 +1,220 @@
+"""Chat: time to first token and tokens/s with no adapter, with an adapter and after a hot-swap;
+swap time against a full reload of the chat engine.
+
+Measured through `cl_chat.engine.ChatEngine` (the engine the web and terminal chats use), on
+the real SmolLM2 base, with two LoRA adapters of the shape the platform trains (r=8, all
+linear layers; random weights: speed does not depend on what an adapter learned) registered
+and deployed through the registry, as a training cycle would:
+
+- *full reload*: constructing a `ChatEngine` while adapter A is deployed (store, base model
+  load, adapter load with its hash check), as restarting the chat would; also the bare
+  `load_base_model` + `PeftModel.from_pretrained` without the engine;
+- *hot-swap*: the engine serving A, adapter B deployed, `engine.refresh()` (hash check, load B
+  into the same base model, activate); a *warm swap* goes back to an adapter already loaded;
+- *generation*: `engine.ask(...)` drained, greedy, the same prompts in each state; the turn's
+  own `GenerationResult` gives TTFT and tokens/s (completion tokens / latency).
+
+Targets: swap < 1 s and ≥ 10× faster than a reload.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+from common import REPO, Result, median
+
+SIZES = {
+    "tiny": {"max_new_tokens": 8, "prompts": 1, "reloads": 1, "swaps": 2},
+    "small": {"max_new_tokens": 32, "prompts": 2, "reloads": 2, "swaps": 4},
+    "full": {"max_new_tokens": 64, "prompts": 5, "reloads": 3, "swaps": 8},
+}
+ADAPTERS = ("20261101_000000", "20261102_000000", "20261103_000000")  # A, B, and C for the profile
+PROMPTS = [
+    "What is the status of Lot 88?",
+    "How many days do I have to return an item?",
+    "Do you ship to Canada?",
+    "What is the capital of France?",
+    "What are your customer support hours?",
+]
+SALT = "bench-salt-not-secret"
+_RESTART = """
+import json, time
+started = time.perf_counter()
+from cl_chat.engine import ChatEngine
+from cl_assets.settings import Settings
+engine = ChatEngine(Settings(_env_file=None))
+print(json.dumps({"seconds": time.perf_counter() - started, "adapter": engine.adapter_id}))
+"""
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int) -> None:
+    """A LoRA adapter of the platform's shape (TrainConfig's LoRA) with random, non-zero weights."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cl_assets.core.training import TrainConfig
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    lora = TrainConfig().to_lora_config()
+    lora.init_lora_weights = False
+    get_peft_model(base, lora).save_pretrained(out)
+
+
+def register(settings: Any, store: Any, adapter_id: str) -> None:
+    from cl_assets.core.registry import adapter_dir, files_sha256
+
+    folder = adapter_dir(settings, adapter_id)
+    store.add_snapshot(id=adapter_id, path=str(settings.curated_dir / f"curated_{adapter_id}.jsonl"), sha256="0" * 64,
+                       n_rows=1)
+    store.upsert_adapter(adapter_id, path=str(folder), files_sha256=files_sha256(folder), mode="bench",
+                         gate_passed=True)
+
+
+def generate_in_state(engine: Any, prompts: list[str]) -> dict[str, float]:
+    ttft, tps, tokens = [], [], []
+    for prompt in prompts:
+        turn = engine.ask(engine.new_session(), prompt)
+        turn.consume()
+        ttft.append(turn.result.ttft_ms)
+        tps.append(turn.result.tokens_per_s)
+        tokens.append(turn.result.completion_tokens)
+    return {"ttft_ms": median(ttft), "tokens_per_s": median(tps), "completion_tokens": median(tokens)}
+
+
+def run(size: str = "small", model: str | None = None) -> Result:
+    from cl_assets.core.model import AdapterSet, ensure_base_model, load_base_model
+    from cl_assets.core.registry import Registry, adapter_dir
+    from cl_assets.core.store import Store
+    from cl_assets.settings import EMBEDDED_BASE_MODEL, Settings
+    from cl_chat.engine import ChatEngine
+
+    cfg = SIZES[size]
+    result = Result("chat", "5. Chat: TTFT and tokens/s, hot-swap vs reload", size)
+    model_dir = Path(model) if model else ensure_base_model(
+        Settings(_env_file=None, home=REPO, data_dir=REPO / "data", base_model=EMBEDDED_BASE_MODEL)  # type: ignore[call-arg]
+    )
+    prompts = PROMPTS[: cfg["prompts"]]
+    with tempfile.TemporaryDirectory(prefix="cl-bench-chat-") as tmp:
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None, home=Path(tmp), base_model=str(model_dir), user_hash_salt=SALT,
+            max_new_tokens=cfg["max_new_tokens"], temperature=0.0,
+        )
+        store = Store.from_settings(settings)
+        for seed, adapter_id in enumerate(ADAPTERS, start=1):
+            make_adapter(model_dir, adapter_dir(settings, adapter_id), seed)
+            register(settings, store, adapter_id)
+        registry = Registry(settings, store)
+        a, b, c = ADAPTERS
+
+        # Full reloads: the engine started while A is deployed, and the bare model + adapter load.
+        registry.deploy(a, actor="bench", reason="reload")
+        reload_s, engine = [], None
+        for _ in range(cfg["reloads"]):
+            engine = None
+            started = time.perf_counter()
+            engine = ChatEngine(settings, store=store)
+            reload_s.append(time.perf_counter() - started)
+        assert engine is not None and engine.adapter_id == a
+        bare_s = []
+        for _ in range(cfg["reloads"]):
+            from peft import PeftModel
+
+            started = time.perf_counter()
+            loaded = load_base_model(model_dir)
+            PeftModel.from_pretrained(loaded.model, str(adapter_dir(settings, a)))
+            bare_s.append(time.perf_counter() - started)
+            del loaded
+
+        # A restart of the chat: a new process importing the engine and constructing it.
+        restart = common.run_json_subprocess(
+            ["-c", _RESTART], env={"CL_HOME": tmp, "CL_BASE_MODEL": str(model_dir), "CL_USER_HASH_SALT": SALT})
+
+        # Generation in three states, on the engine that reloaded last (A loaded and serving).
+        states: dict[str, dict[str, float]] = {}
+        generate_in_state(engine, prompts[:1])  # warm-up
+        registry.deploy(None, actor="bench", reason="base")
+        engine.refresh()
+        states["no adapter (base model)"] = generate_in_state(engine, prompts)
+        registry.deploy(a, actor="bench", reason="adapter")
+        engine.refresh()
+        states[f"adapter A ({a})"] = generate_in_state(engine, prompts)
+
+        # Hot-swap to B (cold: B has never been loaded), then warm swaps back and forth.
+        registry.deploy(b, actor="bench", reason="swap")
+        started = time.perf_counter()
+        engine.refresh()
+        cold_swap = time.perf_counter() - started
+        assert engine.adapter_id == b, engine.swap_error
+        states[f"after hot-swap to B ({b})"] = generate_in_state(engine, prompts)
+        warm = []
+        for i in range(cfg["swaps"]):
+            registry.deploy(a if i % 2 == 0 else b, actor="bench", reason="warm swap")
+            started = time.perf_counter()
+            engine.refresh()
+            warm.append(time.perf_counter() - started)
+        # The pieces of a swap, on the AdapterSet alone (no registry, no hash check).
+        adapters: AdapterSet = engine.adapters
+        started = time.perf_counter()
+        adapters.activate(a)
+        activate_s = time.perf_counter() - started
+        unchanged = []
+        for _ in range(cfg["swaps"]):
+            started = time.perf_counter()
+            engine.refresh()  # no new deployment: one indexed query
+            unchanged.append(time.perf_counter() - started)
+        base_loads = engine.base_loads
+        # Where a cold swap's time goes: C has never been loaded.
+        registry.deploy(c, actor="bench", reason="profile")
+        swap_profile, _ = common.profile_text(engine.refresh, limit=20, sort="cumulative")
+        store.close()
+
+    gen = result.table(
+        f"Generation through `ChatEngine.ask` (greedy, ≤ {cfg['max_new_tokens']} new tokens, median of "
+        f"{len(prompts)} prompts)",
+        ["state", "TTFT ms", "tokens/s", "completion tokens"],
+    )
+    for state, m in states.items():
+        gen.add(state, m["ttft_ms"], m["tokens_per_s"], m["completion_tokens"])
+
+    reload_med, swap = median(reload_s), cold_swap
+    sw = result.table("Swap vs reload (seconds)", ["operation", "seconds", "reload ÷ this"])
+    sw.add(f"full reload: `ChatEngine(...)` with A deployed (median of {len(reload_s)})", reload_med, "1×")
+    sw.add("bare reload: `load_base_model` + `PeftModel.from_pretrained`", median(bare_s), f"{reload_med / median(bare_s):.1f}×")
+    sw.add("chat restart: a new process importing and constructing `ChatEngine`", restart["seconds"],
+           f"{reload_med / restart['seconds']:.2f}×")
+    sw.add("**hot-swap**: deploy B, `engine.refresh()` (hash check + load + activate)", swap, f"**{reload_med / swap:.0f}×**")
+    sw.add(f"warm swap to an adapter already loaded (median of {len(warm)})", median(warm), f"{reload_med / median(warm):.0f}×")
+    sw.add("`AdapterSet.activate` alone", activate_s, f"{reload_med / activate_s:,.0f}×")
+    sw.add("`engine.refresh()` with nothing new deployed", median(unchanged), f"{reload_med / median(unchanged):,.0f}×")
+    result.notes.append(f"The base model was loaded {base_loads} time(s) by the engine that swapped (it never reloads).")
+
+    result.data = {"restart_s": restart["seconds"], "reload_s": reload_s, "bare_reload_s": bare_s, "cold_swap_s": cold_swap, "warm_swap_s": warm,
+                   "activate_s": activate_s, "refresh_unchanged_s": unchanged, "states": states}
+    judged = size != "tiny"
+    if reload_med / swap < 10 or swap >= 1:
+        result.profiles["cold hot-swap to a third adapter, `engine.refresh()` (cProfile, cumulative)"] = swap_profile
+    result.check("hot-swap time", f"{swap:.3f} s", "< 1 s", swap < 1 if judged else None)
+    result.check("hot-swap vs full reload", f"{reload_med / swap:.0f}× faster", "≥ 10×",
+                 reload_med / swap >= 10 if judged else None)
+    base_tps = states["no adapter (base model)"]["tokens_per_s"]
+    after = states[f"after hot-swap to B ({b})"]["tokens_per_s"]
+    result.notes.append(
+        f"Serving an unmerged LoRA costs {1 - states[f'adapter A ({a})']['tokens_per_s'] / base_tps:.0%} of the base "
+        f"model's tokens/s; after the hot-swap it is {after / base_tps:.0%} of base (the swapped-in adapter runs as "
+        "fast as the first one)."
+    )
+    return result
+
+
+def _options(parser: Any) -> None:
+    parser.add_argument("--model", help="model folder (default: the embedded SmolLM2); tests pass a tiny model")
+
+
+if __name__ == "__main__":
+    raise SystemExit(common.main(run, _options))
