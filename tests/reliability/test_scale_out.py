@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,23 +17,15 @@ from typer.testing import CliRunner
 
 from cl_assets.core.registry import Registry
 from cl_assets.core.store import Store
-from tests.conftest import REPO, make_settings
+from tests.conftest import REPO, fresh_pg_database, make_settings
 from tests.reliability.support import SALT
 
 
 @pytest.fixture
 def dagster_pg_url(pg_server: str) -> Iterator[str]:
     """A second fresh database on the real server, for Dagster's storage (CL's is `pg_url`)."""
-    name = f"cl_dagster_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield pg_server.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_pg_database(pg_server, "cl_dagster") as url:
+        yield url
 
 
 def _dagster_home(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
