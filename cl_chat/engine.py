@@ -29,6 +29,7 @@ from typing import Any
 from cl_assets.core.ingest import IngestError, Ingestor
 from cl_assets.core.model import (
     AdapterSet,
+    AdapterWeights,
     GenerationResult,
     GenerationStream,
     LoadedModel,
@@ -226,9 +227,12 @@ class ChatEngine:
             return self._serving
 
     def _load(self, adapter_id: str) -> None:
-        path = self.registry.verified_path(adapter_id)
+        # Checked on every swap, even to an adapter in memory: files changed on disk are refused.
+        path, files = self.registry.read_verified(adapter_id)
         registered = self.store.get_adapter(adapter_id)
         sha = registered.files_sha256 if registered else ""
+        if self._loaded_sha.get(adapter_id) == sha and adapter_id in self.adapters.loaded:
+            return
         previous = self._loaded_sha.get(adapter_id)
         if previous is not None and previous != sha:
             # The same snapshot was retrained and re-registered: drop the stale weights first.
@@ -237,7 +241,7 @@ class ChatEngine:
                 del self._loaded_sha[adapter_id]
                 if self._serving == adapter_id:
                     self._serving = None
-        self.adapters.ensure_loaded(adapter_id, path)
+        self.adapters.ensure_loaded(adapter_id, path, weights=AdapterWeights.from_files(files, path))
         self._loaded_sha[adapter_id] = sha
 
     # -- prompts -------------------------------------------------------------------------------

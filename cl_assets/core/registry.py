@@ -46,10 +46,19 @@ def adapter_dir(settings: Any, adapter_id: str) -> Path:
 
 def files_sha256(folder: Path) -> str:
     """One hash over every file's relative path and bytes, so any change to an adapter shows."""
+    return _digest(_read_files(folder))
+
+
+def _read_files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, by relative POSIX path."""
+    return {file.relative_to(folder).as_posix(): file.read_bytes() for file in folder.rglob("*") if file.is_file()}
+
+
+def _digest(files: dict[str, bytes]) -> str:
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(folder).as_posix().encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    for name in sorted(files):
+        digest.update(name.encode())
+        digest.update(hashlib.sha256(files[name]).digest())
     return digest.hexdigest()
 
 
@@ -79,6 +88,13 @@ class Registry:
 
     def verified_path(self, adapter_id: str) -> Path:
         """The adapter's folder after checking its files still match the registered hash."""
+        return self.read_verified(adapter_id)[0]
+
+    def read_verified(self, adapter_id: str) -> tuple[Path, dict[str, bytes]]:
+        """The adapter's folder and its files' bytes, checked against the registered hash.
+
+        Load from these bytes, not from the folder: what was checked is then what is loaded,
+        whatever happens on disk afterwards, and each file is read once."""
         adapter = self.store.get_adapter(adapter_id)
         if adapter is None:
             raise RegistryError(f"adapter {adapter_id} is not registered")
@@ -93,10 +109,10 @@ class Registry:
                 f"adapter {adapter_id} holds a symbolic link ({link.relative_to(path).as_posix()}); "
                 "adapter folders must hold plain files only"
             )
-        actual = files_sha256(path)
-        if actual != adapter.files_sha256:
+        files = _read_files(path)
+        if _digest(files) != adapter.files_sha256:
             raise RegistryError(f"adapter {adapter_id}'s files do not match the registry's hash (changed on disk?)")
-        return path
+        return path, files
 
     def deploy(self, adapter_id: str | None, *, actor: str, reason: str, force: bool = False) -> Deployed:
         """Make `adapter_id` (None: the base model) serve; refuses a failed or missing gate unless forced."""

@@ -361,6 +361,80 @@ def test_adapter_set_errors_and_unload(tiny_model_dir: Path, tiny_adapter_dirs: 
     assert adapters.model.get_base_model() is loaded.model
     assert not torch.allclose(_last_logits(adapters.model, loaded.tokenizer), base_logits)
 
+def test_switching_copies_into_one_slot_and_answers_as_peft_loads(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Adapters of one shape share one set of LoRA layers (a switch copies tensors), another
+    rank gets its own; every adapter answers exactly as PEFT's own loading of it does."""
+    import torch
+    from peft import PeftModel
+
+    from tests.model_fixtures import make_random_adapter
+
+    paths = {
+        "20261101_000000": make_random_adapter(tiny_model_dir, tmp_path / "a", seed=11),
+        "20261102_000000": make_random_adapter(tiny_model_dir, tmp_path / "b", seed=12),
+        "20261103_000000": make_random_adapter(tiny_model_dir, tmp_path / "c", seed=13, r=2),
+    }
+    expected = {}
+    for adapter_id, path in paths.items():
+        fresh = M.load_base_model(tiny_model_dir)
+        reference = PeftModel.from_pretrained(fresh.model, str(path)).eval()
+        expected[adapter_id] = _last_logits(reference, fresh.tokenizer)
+
+    loaded = M.load_base_model(tiny_model_dir)
+    base_logits = _last_logits(loaded.model, loaded.tokenizer)
+    adapters = M.AdapterSet(loaded)
+    a, b, c = paths
+    adapters.ensure_loaded(a, paths[a])
+    adapters.ensure_loaded(b, paths[b], weights=M.AdapterWeights.read(paths[b]))
+    assert adapters.slots == 1
+    adapters.ensure_loaded(c, paths[c])
+    assert adapters.slots == 2
+    layers = sum(1 for _ in adapters.model.modules())
+    for adapter_id in (a, b, c, a, None, b, c, b):
+        adapters.activate(adapter_id)
+        want = base_logits if adapter_id is None else expected[adapter_id]
+        assert torch.allclose(_last_logits(adapters.model, loaded.tokenizer), want, atol=1e-5), adapter_id
+    assert sum(1 for _ in adapters.model.modules()) == layers  # switching added no layers
+
+    adapters.unload(c)  # the last of its shape: its layers leave the model
+    assert adapters.slots == 1
+    assert torch.allclose(_last_logits(adapters.model, loaded.tokenizer), expected[b], atol=1e-5)
+    adapters.activate(a)
+    assert torch.allclose(_last_logits(adapters.model, loaded.tokenizer), expected[a], atol=1e-5)
+
+
+def test_unreadable_or_misfit_adapters_are_refused(tiny_model_dir: Path, tiny_adapter_dirs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    adapters = M.AdapterSet(M.load_base_model(tiny_model_dir))
+    good_id, good = next(iter(tiny_adapter_dirs.items()))
+
+    broken = tmp_path / "broken"
+    shutil.copytree(good, broken)
+    (broken / M.ADAPTER_WEIGHTS).write_bytes(b"not a safetensors file")
+    with pytest.raises(M.ModelError, match="unreadable adapter"):
+        adapters.ensure_loaded("20261101_000000", broken)
+
+    bin_only = tmp_path / "bin_only"
+    bin_only.mkdir()
+    shutil.copy(good / M.ADAPTER_CONFIG, bin_only / M.ADAPTER_CONFIG)
+    with pytest.raises(M.ModelError, match="no adapter_model.safetensors"):
+        adapters.ensure_loaded("20261101_000000", bin_only)
+
+    misfit = tmp_path / "misfit"  # saved for other layer names than the base model has
+    shutil.copytree(good, misfit)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(misfit / M.ADAPTER_WEIGHTS)
+    save_file({k.replace("layers.0.", "layers.7."): v for k, v in tensors.items()}, misfit / M.ADAPTER_WEIGHTS)
+    with pytest.raises(M.ModelError, match="does not fit the base model"):
+        adapters.ensure_loaded("20261101_000000", misfit)
+    assert adapters.loaded == {} and adapters.slots == 0 and adapters.model is adapters.base_model
+
+    adapters.ensure_loaded(good_id, good)  # nothing half-made stays behind
+    adapters.activate(good_id)
+    assert adapters.slots == 1
+
 
 # --------------------------------------------------------------------------- the real SmolLM2
 

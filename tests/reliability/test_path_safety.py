@@ -29,9 +29,9 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     seen: list[Path] = []
     original = AdapterSet.ensure_loaded
 
-    def spy(self: AdapterSet, adapter_id: str, path: str | Path) -> None:
+    def spy(self: AdapterSet, adapter_id: str, path: str | Path, **kwargs: object) -> None:
         seen.append(Path(path).resolve())
-        original(self, adapter_id, path)
+        original(self, adapter_id, path, **kwargs)
 
     monkeypatch.setattr(AdapterSet, "ensure_loaded", spy)
     return seen
