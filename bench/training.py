@@ -4,11 +4,14 @@ All recipes train the real SmolLM2-135M-Instruct through `train_adapter` on the 
 (the helpful, PII-free demo conversations), with the same seed, steps and LoRA shape:
 
 - *straightforward*: fp32, no packing, random batches padded to their longest turn
-  (`TrainConfig(group_by_length=False)`): what one writes first;
-- *CL as shipped*: `TrainConfig()` defaults (fp32 on CPU, batches grouped by length);
-- *bf16 autocast*: the same, with TRL's `bf16=True` on the CPU (torch autocast; the weights
+  (`TrainConfig(padding_free=False, group_by_length=False)`): what one writes first;
+- *length-grouped*: the same, batches of similar lengths (less padding; CL's earlier default);
+- *CL as shipped*: `TrainConfig()` defaults: padding-free batches (the batch's turns
+  concatenated, positions restarting at each turn, so the same batches and loss without
+  padding), in the precision `detect_precision` picks (fp32 on a CPU);
+- *bf16 autocast*: as shipped, with TRL's `bf16=True` on the CPU (torch autocast; the weights
   stay fp32, matmuls run in bf16, on AMX where the CPU has it). Injected here by handing
-  `train_adapter` a bf16 `Precision`; the platform itself picks fp32 on CPU.
+  `train_adapter` a bf16 `Precision`.
 
 The machine's matmul throughput is measured in the same run for fp32 and bf16 (square
 2048³ products, and the model's own MLP shape), and MFU = model FLOPs per second / that peak
@@ -40,12 +43,14 @@ SIZES = {
     "full": {"max_steps": -1, "evaluate": True, "rows": None, "matmul": 2048},
 }
 RECIPES = {
-    "straightforward (fp32, random batches, padding)": {"overrides": {"group_by_length": False}, "bf16": False},
-    "CL as shipped (fp32, length-grouped batches)": {"overrides": {}, "bf16": False},
-    "bf16 autocast (length-grouped batches)": {"overrides": {}, "bf16": True},
+    "straightforward (fp32, random batches, padding)": {
+        "overrides": {"padding_free": False, "group_by_length": False}, "bf16": False, "padding": "random"},
+    "length-grouped (fp32, padding)": {"overrides": {"padding_free": False}, "bf16": False, "padding": "grouped"},
+    "CL as shipped (padding-free)": {"overrides": {}, "bf16": False, "padding": "none"},
+    "bf16 autocast (padding-free)": {"overrides": {}, "bf16": True, "padding": "none"},
 }
 BASELINE = "straightforward (fp32, random batches, padding)"
-SHIPPED = "CL as shipped (fp32, length-grouped batches)"
+SHIPPED = "CL as shipped (padding-free)"
 
 
 # --------------------------------------------------------------------------- machine throughput
@@ -255,8 +260,8 @@ def run(size: str = "small", model: str | None = None) -> Result:
         mfu = r["tokens_per_s"] * per_token / (peaks[dtype]["square"] * 1e9)
         r["mfu"] = mfu
         r["mfu_model_shape"] = r["tokens_per_s"] * per_token / (peaks[dtype]["mlp"] * 1e9)
-        grouped = RECIPES[name]["overrides"].get("group_by_length", True)
-        r["padding_share"] = padded_share(lengths, batch, grouped, r["config"]["seed"])
+        padding = RECIPES[name]["padding"]
+        r["padding_share"] = 0.0 if padding == "none" else padded_share(lengths, batch, padding == "grouped", r["config"]["seed"])
         score = scores.get(name)
         table.add(name, r["steps"], r["s_per_step"], r["tokens_per_s"], f"{r['tokens_per_s'] / base_tps:.2f}×",
                   f"{r['padding_share']:.0%}", f"{mfu:.1%} of {dtype}", f"{r['mfu_model_shape']:.0%}", r["final_loss"],

@@ -222,10 +222,49 @@ def test_config_from_settings_and_cpu_conversions(tmp_path: Path) -> None:
     assert sft.report_to in ([], "none", ["none"])
     assert str(sft.save_strategy.value if hasattr(sft.save_strategy, "value") else sft.save_strategy) == "no"
     assert (sft.completion_only_loss, sft.packing, sft.padding_free) == (True, False, False)
-    assert sft.train_sampling_strategy == "group_by_length"
+    assert sft.train_sampling_strategy == "random"  # padding-free: grouping by length would buy nothing
+    assert config.replace(padding_free=False).to_sft_config(tmp_path / "o").train_sampling_strategy == "group_by_length"
     assert (sft.max_steps, sft.learning_rate, sft.per_device_train_batch_size, sft.seed) == (9, 5e-4, 3, 7)
     kto = config.to_kto_config(tmp_path / "o")
     assert (kto.beta, kto.bf16, kto.train_sampling_strategy, kto.max_length) == (0.1, False, "sequential", 256)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_padding_free_batches_give_the_padded_loss(tiny_model_dir: Path, sft_snapshot: Path, tmp_path: Path, attention: str) -> None:
+    """Concatenated turns must not attend to each other. Through the trainer's own collator and
+    loss: a padding-free batch gives the padded batch's loss, and a different one when the turn
+    boundaries (position_ids) are dropped."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    from cl_assets.core.training import trainer as trainer_module
+    from cl_assets.core.training.device import detect_precision
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = load_rows(sft_snapshot, "sft")
+    losses = {}
+    for padding_free in (True, False):
+        config = TrainConfig(padding_free=padding_free, max_steps=1, **TINY)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
+        trainer = trainer_module._make_trainer(
+            model, tokenizer, rows, config, tmp_path / str(padding_free), detect_precision(), config.to_lora_config(),
+            TrainerCallback(),
+        )
+        examples = [trainer.train_dataset[i] for i in range(4)]
+        batch = trainer.data_collator(examples)
+        if padding_free:
+            lengths = [len(e["input_ids"]) for e in examples]
+            assert batch["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in batch
+            # Positions that never restart: one long sequence, where later turns see earlier ones.
+            leaky = {"input_ids": batch["input_ids"], "labels": batch["labels"],
+                     "position_ids": torch.arange(sum(lengths)).unsqueeze(0)}  # fmt: skip
+            losses["leaky"] = trainer.compute_loss(trainer.model, leaky).item()
+        else:
+            assert batch["input_ids"].shape == (4, max(len(e["input_ids"]) for e in examples))
+        losses[padding_free] = trainer.compute_loss(trainer.model, batch).item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert losses["leaky"] != pytest.approx(losses[False], rel=1e-4)
+    assert TrainConfig(padding_free=False).sft_collator(tokenizer) is None
 
 
 def test_importing_training_is_cheap() -> None:

@@ -54,11 +54,18 @@ class TrainConfig:
         metadata={"help": "Modules that get LoRA: `all-linear` (every linear layer but the head) or module names."},
     )
     max_length: int = field(default=512, metadata={"help": "Longest prompt+answer in tokens; longer ones are cut."})
+    padding_free: bool = field(
+        default=True,
+        metadata={
+            "help": "SFT only: concatenate a batch's turns into one sequence, no padding (positions restart at each "
+            "turn, and attention stays within it). Same batches and loss as padding, less compute."
+        },
+    )
     group_by_length: bool = field(
         default=True,
         metadata={
-            "help": "SFT only: batch turns of similar token length together so less compute goes into padding. "
-            "KTO keeps TRL's sequential order, which its KL estimate needs."
+            "help": "SFT with padding only: batch turns of similar token length together so less compute goes into "
+            "padding. KTO keeps TRL's sequential order, which its KL estimate needs."
         },
     )
     system_prompt: str | None = field(
@@ -193,13 +200,28 @@ class TrainConfig:
             # Rows are prompt/completion: the loss covers the assistant answer only. On the
             # conversational `messages` format SmolLM2 learned 0/10 facts (see STACK-NOTES).
             completion_only_loss=True,
-            # Length grouping, not packing: TRL 1.16 packs with "bfd", which switches on padding-free
-            # batches whose sequence boundaries only FlashAttention honours. On CPU (SDPA/eager) packed
-            # turns would attend across each other. Grouping similar lengths gets most of the saving.
+            # No packing: it would put several turns in one row, so fewer, bigger optimizer steps than
+            # the learning rate was tuned for. Padding-free batches keep the batches and drop the padding;
+            # `train_adapter` passes TRL's padding-free collator itself (see `sft_collator`), since TRL's
+            # own `padding_free=True` refuses a `max_length` without packing although it truncates to it.
             packing=False,
             padding_free=False,
-            train_sampling_strategy="group_by_length" if self.group_by_length else "random",
+            train_sampling_strategy="group_by_length" if self.group_by_length and not self.padding_free else "random",
         )
+
+    def sft_collator(self, tokenizer: Any) -> Any:
+        """TRL's padding-free collator when `padding_free` (else None: TRL's padded default).
+
+        It concatenates the turns and restarts `position_ids` at each; transformers reads those
+        boundaries into a block-diagonal causal mask for SDPA and eager attention too (not only
+        FlashAttention), so no turn attends to another (tests/core/test_training.py checks the
+        loss equals the padded batch's)."""
+        if not self.padding_free:
+            return None
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=True)
 
     def to_kto_config(self, output_dir: Path, precision: Precision | None = None) -> KTOConfig:
         from trl import KTOConfig

@@ -257,6 +257,7 @@ def _make_trainer(
     return SFTTrainer(
         model=model,
         args=config.to_sft_config(staging, precision),
+        data_collator=config.sft_collator(tokenizer),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
