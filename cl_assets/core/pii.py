@@ -7,7 +7,9 @@ detector whose match can over-reach (a card followed by more digit groups, an IB
 followed by words) shrinks it in its validator and the scan resumes from there. For
 speed every pattern starts with a literal or a single character class (boundaries are
 checked by a lookbehind placed after that first character), which lets `re` skip ahead
-in C, and the numeric detectors only run inside runs of digits and separators.
+in C; the numeric detectors only run inside runs of digits and separators, and a
+detector runs at all only if the text holds what every match of it needs (a literal, or
+enough digits), which most texts do not.
 
 Choices worth knowing (each is tested):
 - Checksummed types are flagged wherever they appear: cards (Luhn), IBANs (mod-97 and
@@ -29,6 +31,7 @@ Choices worth knowing (each is tested):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -560,9 +563,11 @@ class _Detector:
 
     `min_digits` > 0 marks a numeric detector: its matches are runs of digits and
     separators, so it only runs inside such runs (see `_ISLAND`) holding that many digits,
-    and `needs` tests the run; otherwise `needs` tests the text. `keywords`: a test of
-    the lowercased text (that one of the words it needs occurs). `lowercase`: scan the lowercased text.
-    `resume`: where to go on after a rejected match (default: its end)."""
+    and `needs` tests the run; otherwise `needs` tests the text, and `text_digits` is the
+    fewest ASCII digits a text must hold for one of its matches to pass. `keywords`: a
+    test of the lowercased text (that one of the words it needs occurs). `lowercase`:
+    scan the lowercased text. `resume`: where to go on after a rejected match (default:
+    its end)."""
 
     type: str
     pattern: re.Pattern[str]
@@ -572,6 +577,7 @@ class _Detector:
     keywords: Callable[[str], bool] | None = None
     lowercase: bool = False
     resume: Callable[[re.Match[str]], int] | None = None
+    text_digits: int = 0
 
 
 def _may_hold_token(text: str) -> bool:
@@ -580,6 +586,11 @@ def _may_hold_token(text: str) -> bool:
         "_" in text or "sk-" in text or "xox" in text or "eyJ" in text or "glpat-" in text
         or "AKIA" in text or "ASIA" in text or "AIza" in text
     )  # fmt: skip
+
+
+def _may_name_a_credential(text: str) -> bool:
+    """What `_BEARER` starts with, bar its first letter."""
+    return "earer" in text or "asic" in text or "EARER" in text or "ASIC" in text
 
 
 def _may_start_national(run: str) -> bool:
@@ -608,11 +619,11 @@ def _names_a_phone(low: str) -> bool:
 _DETECTORS: tuple[_Detector, ...] = (
     _Detector("SECRET", _SECRET_TOKEN, _token, needs=_may_hold_token),
     _Detector("SECRET", _PEM, _pem, needs=lambda text: "-----BEGIN " in text),
-    _Detector("SECRET", _BEARER, _bearer),
+    _Detector("SECRET", _BEARER, _bearer, needs=_may_name_a_credential),
     _Detector("SECRET", _ASSIGNMENT, _assignment, keywords=_names_a_secret, lowercase=True),
     _Detector("EMAIL", _EMAIL, _email, needs=lambda text: "@" in text),
-    _Detector("IBAN", _IBAN, _iban),
-    _Detector("IP_ADDRESS", _IPV6, _ipv6, needs=_ipv6_possible),
+    _Detector("IBAN", _IBAN, _iban, text_digits=2),  # the check digits
+    _Detector("IP_ADDRESS", _IPV6, _ipv6, needs=_ipv6_possible, text_digits=1),  # see `_ipv6`
     _Detector("CREDIT_CARD", _CARD, _card, min_digits=13, resume=_card_resume),
     _Detector("SSN", _SSN, _ssn, min_digits=9),
     _Detector("SSN", _SSN_BARE, _ssn_in_context, min_digits=9, keywords=_names_an_ssn),
@@ -631,6 +642,8 @@ _NUMERIC_DETECTORS = tuple(d for d in _DETECTORS if d.min_digits)
 # have no such run at all.
 _ISLAND = re.compile(r"[+(0-9](?<![\w][+(0-9])[-0-9(). /+]{6,}")
 _ISLAND_SEPARATORS = b" -.()/+"
+_ISLAND_MIN_DIGITS = 4
+_ASCII_DIGITS = b"0123456789"
 _EXTENSION_ROOM = 24  # characters after a run a match may still look at ("ext. 123456")
 _UPPER_RUN = re.compile(r"[A-Z]+")
 
@@ -649,17 +662,18 @@ def _scan(
     det: _Detector,
     text: str,
     subject: str,
-    pos: int,
+    m: re.Match[str] | None,
     stop: int,
     endpos: int,
     found: list[Candidate],
     rejected: list[Span],
 ) -> None:
-    """Run one detector over `subject[pos:endpos]` (the text or its lowercased copy) for
-    matches that start before `stop`; validated spans go to `found`, the extent of
-    rejected matches to `rejected`."""
+    """Go on with one detector's scan of `subject` (the text or its lowercased copy) from
+    its match `m` up to `endpos`, for matches that start before `stop`; validated spans
+    go to `found`, the extent of rejected matches to `rejected`. The caller makes the
+    first search, as most find nothing."""
     pattern, validate, resume, kind = det.pattern, det.validate, det.resume, det.type
-    while (m := pattern.search(subject, pos, endpos)) is not None and m.start() < stop:
+    while m is not None and m.start() < stop:
         span = validate(m)
         if span is not None and span[1] > span[0] and not _glued_to_placeholder(text, span[0], span[1]):
             found.append((span[0], span[1], kind))
@@ -669,6 +683,7 @@ def _scan(
             pos = resume(m) if resume is not None else m.end()
         if pos <= m.start():  # always make progress
             pos = m.start() + 1
+        m = pattern.search(subject, pos, endpos)
 
 
 def _candidates(text: str, rejected: list[Span]) -> list[Candidate]:
@@ -676,8 +691,11 @@ def _candidates(text: str, rejected: list[Span]) -> list[Candidate]:
     found: list[Candidate] = []
     n = len(text)
     low: str | None = None
+    # Counted on the UTF-8 bytes, in C: most texts are ruled out of most detectors by this.
+    encoded = text.encode("utf-8", "surrogatepass")
+    digits = len(encoded) - len(encoded.translate(None, _ASCII_DIGITS))
     for det in _TEXT_DETECTORS:
-        if det.needs is not None and not det.needs(text):
+        if digits < det.text_digits or (det.needs is not None and not det.needs(text)):
             continue
         subject = text
         if det.lowercase or det.keywords is not None:
@@ -687,12 +705,16 @@ def _candidates(text: str, rejected: list[Span]) -> list[Candidate]:
                 continue
             if det.lowercase:
                 subject = low
-        _scan(det, text, subject, 0, n, n, found, rejected)
+        m = det.pattern.search(subject)
+        if m is not None:
+            _scan(det, text, subject, m, n, n, found, rejected)
+    if digits < _ISLAND_MIN_DIGITS:
+        return found
     numeric: list[_Detector] | None = None
     for island in _ISLAND.finditer(text):
         run = island.group()
-        digits = len(run.encode().translate(None, _ISLAND_SEPARATORS))  # ASCII: fast in C
-        if digits < 4:
+        run_digits = len(run.encode().translate(None, _ISLAND_SEPARATORS))  # ASCII: fast in C
+        if run_digits < _ISLAND_MIN_DIGITS:
             continue
         if numeric is None:
             if low is None:
@@ -701,8 +723,10 @@ def _candidates(text: str, rejected: list[Span]) -> list[Candidate]:
         start, stop = island.span()
         endpos = min(n, stop + _EXTENSION_ROOM)
         for det in numeric:
-            if digits >= det.min_digits and (det.needs is None or det.needs(run)):
-                _scan(det, text, text, start, stop, endpos, found, rejected)
+            if run_digits >= det.min_digits and (det.needs is None or det.needs(run)):
+                m = det.pattern.search(text, start, endpos)
+                if m is not None and m.start() < stop:
+                    _scan(det, text, text, m, stop, endpos, found, rejected)
     return found
 
 
@@ -844,5 +868,13 @@ def sanitize(text: str) -> Sanitized:
 def hash_user_id(user_id: str, salt: str) -> str:
     """Pseudonymous user id: HMAC-SHA256 keyed by the salt, as 64 hex characters. Unlike
     a plain digest it cannot be recomputed from a guessed id without the salt."""
-    key = salt.encode("utf-8", "surrogatepass")
-    return hmac.new(key, user_id.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    mac = _keyed_hmac(salt).copy()
+    mac.update(user_id.encode("utf-8", "surrogatepass"))
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed_hmac(salt: str) -> hmac.HMAC:
+    """The HMAC state after the key, computed once per salt (a process uses one) and
+    copied for each id: the key schedule is most of the cost of hashing a short id."""
+    return hmac.new(salt.encode("utf-8", "surrogatepass"), digestmod=hashlib.sha256)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cl_assets.core.identity import SaltMismatchError
-from cl_assets.core.ingest import IngestError, Ingestor
+from cl_assets.core.ingest import IngestError, Ingestor, InteractionIn, content_id
 from cl_assets.core.pii import find_pii, hash_user_id
 from cl_assets.settings import Settings
 from tests.conftest import REPO, make_settings
@@ -135,6 +135,66 @@ def test_events_and_export_are_written_sanitized(settings: Settings, tmp_path: P
     events = [json.loads(x) for x in settings.learning_events_path.read_text().splitlines()]
     assert events[-1]["kind"] == "ingest" and events[-1]["accepted"] == 1 and events[-1]["pii_counts"] == {"PHONE": 1}
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_derived_ids_are_the_content_hash_of_the_sanitized_row(settings: Settings) -> None:
+    """`to_row` writes `content_id`'s canonical JSON directly; the bytes must stay the same,
+    or re-importing after an upgrade would duplicate every row without a client id."""
+    ingestor = Ingestor(settings)
+    for fields in (
+        {"prompt": "mail a@b.co \u2028 \"quoted\" \\ é", "response": "ok", "timestamp": "2026-11-01T10:00:00+02:00"},
+        {"prompt": "p", "response": "", "session_id": "call 555-123-4567", "user_id": "jäne"},
+        {"prompt": "naive time", "response": "r", "timestamp": "2026-11-01T10:00:00"},
+    ):
+        item = InteractionIn.model_validate(fields)
+        row = ingestor.to_row(item)
+        expected = content_id({
+            "t": item.timestamp.isoformat() if item.timestamp else None,
+            "s": row["session_id"],
+            "u": row["user_hash"],
+            "p": row["prompt"],
+            "r": row["response"],
+        })
+        assert row["id"] == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"prompt": "a", "prompt": "b", "response": "x"}',
+        b'{"prompt": "a\\ud800", "response": "x", "user_id": "\\udc00"}',
+        b'{"prompt": "a", "response": "x", "latency_ms": NaN}',
+        b'{"prompt": "a", "response": "x", "latency_ms": Infinity}',
+        b'{"prompt": "a", "response": "x", "helpful": "yes", "prompt_tokens": 2.0, "timestamp": 1700000000}',
+        b'{"prompt": "a\tb", "response": "x"}',
+        b'\xef\xbb\xbf{"prompt": "a", "response": "x"}',
+        b'{"prompt": "a", "response": "x"} trailing',
+        b"\xc2\xa0\n",
+        b"\n",
+    ],
+)
+def test_one_pass_parse_agrees_with_the_step_by_step_one(settings: Settings, line: bytes) -> None:
+    """Lines go through pydantic's JSON parser first; whatever it decides must be what
+    `json.loads` and validation decide (the path that words the quarantine reasons)."""
+    from cl_assets.core.ingest import _validate_slowly
+
+    ingestor = Ingestor(settings)
+
+    def outcome(parse):  # type: ignore[no-untyped-def]
+        try:
+            return ("ok", parse())
+        except IngestError as exc:
+            return ("refused", str(exc))
+
+    def slowly():  # type: ignore[no-untyped-def]
+        item = _validate_slowly(line)
+        return None if item is None else ingestor.to_row(item)
+
+    fast, slow = outcome(lambda: ingestor._parse_line(line)), outcome(slowly)
+    if fast[0] == "ok" and fast[1] is not None:  # `ingested_at`-free rows; created_at may be "now"
+        assert slow[0] == "ok" and {**fast[1], "created_at": None} == {**slow[1], "created_at": None}
+    else:
+        assert fast == slow
 
 
 def _raw_pii_values(path: Path) -> set[str]:

@@ -129,3 +129,76 @@ def test_sixteen_threads_writing_lose_nothing(store: Store) -> None:
     assert errors == []
     assert store.count_interactions() == per_thread * threads
     assert store.feedback_since(0)[0] == per_thread * threads
+
+
+def test_batch_insert_stores_what_the_orm_would(store: Store) -> None:
+    """The batch path converts values itself (SQLite) or through Core (PostgreSQL): every
+    column must read back, raw, exactly as an ORM insert of the same values stores it."""
+    from cl_assets.core.store.models import Interaction
+
+    fields = {
+        "created_at": datetime(2026, 11, 1, 9, 30, 15, 123456, tzinfo=UTC),
+        "session_id": "s-1",
+        "user_hash": "ab" * 32,
+        "prompt": "é [EMAIL] \u2028 quote\" back\\slash",
+        "response": "answer",
+        "pii_types": ["EMAIL", "PHONE"],
+        "source": "import",
+        "model_version": "m",
+        "adapter_version": "a",
+        "latency_ms": 12.5,
+        "ttft_ms": 3,
+        "prompt_tokens": 7,
+        "completion_tokens": 9,
+        "tokens_per_s": 30.25,
+        "helpful": False,
+        "regenerated": False,
+        "feedback_at": datetime(2026, 11, 1, 9, 31, tzinfo=UTC),
+        "ingested_at": datetime(2026, 11, 2, tzinfo=UTC),
+    }
+    with store.write() as s:
+        s.add(Interaction(id="orm", **fields))
+    assert store.insert_interactions([{"id": "batch", **fields}]) == ["batch"]
+    with store.read() as s:
+        raw = {r[0]: r[1:] for r in s.execute(text("select * from interactions")).all()}
+    assert raw["orm"] == raw["batch"]
+
+
+def test_batch_rows_may_differ_in_keys_and_get_model_defaults(store: Store) -> None:
+    rows = [
+        _row(1, user_hash="u1", helpful=True, feedback_at=datetime(2026, 11, 3, tzinfo=UTC)),
+        {"id": "t-2", "prompt": "p", "response": "r", "pii_types": None, "source": None},  # defaults fill in
+        _row(3, session_id="s", latency_ms=1.0),
+        _row(1, prompt="the same id again: the first row wins"),
+    ]
+    assert store.insert_interactions(rows) == ["t-1", "t-2", "t-3"]
+    first, second = store.get_interaction("t-1"), store.get_interaction("t-2")
+    assert first.prompt == "question 1" and first.user_hash == "u1" and first.helpful is True
+    assert second.pii_types == [] and second.source == "chat" and second.regenerated is False
+    assert second.created_at is not None and second.ingested_at is not None
+    assert store.feedback_since(0)[0] == 1
+    with pytest.raises(ValueError, match="not columns of interactions"):
+        store.insert_interactions([_row(4, colour="blue")])
+    assert store.count_interactions() == 3
+
+
+def test_a_batch_is_all_or_nothing_in_a_few_statements(store: Store) -> None:
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement.split()[0].upper())
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    rows = [_row(i, helpful=True if i % 2 == 0 else None) for i in range(2_500)]
+    assert len(store.insert_interactions(rows)) == 2_500
+    event.remove(store.engine, "before_cursor_execute", count)
+    # Per 1,000 rows: one query for known ids, one insert of interactions, one of feedback.
+    assert statements.count("SELECT") == 3 and statements.count("INSERT") <= 6 + 3, statements
+    assert store.feedback_since(0)[0] == 1_250
+
+    bad = [_row(i) for i in range(5_000, 6_500)] + [_row(6_500, prompt=None)]  # NOT NULL, in the second chunk
+    with pytest.raises(Exception, match="(?i)null"):
+        store.insert_interactions(bad)
+    assert store.count_interactions() == 2_500 and store.get_interaction("t-5000") is None

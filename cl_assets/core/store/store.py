@@ -6,12 +6,14 @@ re-import or a retried request never duplicates a row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import functools
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cl_assets.core.store.engine import WRITE_OPTION, make_engine, upgrade
@@ -27,7 +29,74 @@ from cl_assets.core.store.models import (
 )
 
 FEEDBACK_KINDS = ("explicit", "regenerate")
-_INSERT_CHUNK = 500
+_INSERT_CHUNK = 1_000
+
+_INTERACTIONS = Interaction.__table__
+_INTERACTION_COLUMNS = frozenset(_INTERACTIONS.columns.keys())
+_SELECT_IDS = select(_INTERACTIONS.c.id).where(_INTERACTIONS.c.id.in_(bindparam("ids", expanding=True)))
+_INSERT_FEEDBACK = insert(FeedbackEvent.__table__)
+# Every row gets a value for every column, so one executemany statement covers a batch; a
+# NOT NULL column left out or given None gets its model default, as the ORM would give it.
+_EMPTY_ROW: dict[str, Any] = dict.fromkeys(_INTERACTIONS.columns.keys())
+_NOT_NULL_DEFAULTS: dict[str, Callable[[datetime], Any]] = {
+    "created_at": lambda now: now,
+    "ingested_at": lambda now: now,
+    "pii_types": lambda now: [],
+    "source": lambda now: "chat",
+    "regenerated": lambda now: False,
+}
+
+
+def _interaction_values(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """`row` with every column of `interactions` present (and nothing else)."""
+    values = {**_EMPTY_ROW, **row}
+    if len(values) != len(_EMPTY_ROW):
+        raise ValueError(f"not columns of interactions: {sorted(set(values) - _INTERACTION_COLUMNS)}")
+    for name, default in _NOT_NULL_DEFAULTS.items():
+        if values[name] is None:
+            values[name] = default(now)
+    return values
+
+
+class _DriverInsert:
+    """An INSERT compiled once, run as the driver's own executemany of positional tuples.
+
+    Values go through SQLAlchemy's bind processors for their column types, so they are
+    stored exactly as a Core insert would store them; what is skipped is SQLAlchemy's
+    per-row parameter handling, which costs more than SQLite's insert itself. For SQLite,
+    whose driver runs an executemany in C."""
+
+    def __init__(self, stmt: Any, dialect: Any, columns: Iterable[str]) -> None:
+        columns = list(columns)
+        compiled = stmt.compile(dialect=dialect, column_keys=columns)
+        assert compiled.positional and sorted(compiled.positiontup or ()) == sorted(columns)
+        order = list(compiled.positiontup or ())
+        self.sql = str(compiled)
+        self._values = operator.itemgetter(*order)
+        self._convert = [
+            (i, proc)
+            for i, name in enumerate(order)
+            if (proc := stmt.table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
+
+    def execute(self, session: Session, rows: list[dict[str, Any]]) -> None:
+        params = []
+        # The same object converts to the same value: a batch shares its `ingested_at`,
+        # a row its `created_at` and `feedback_at`, all rows True/False/None. Keyed by
+        # id(), which is safe while `rows` keeps every value alive.
+        done: list[dict[int, Any]] = [{} for _ in self._convert]
+        convert = list(zip(self._convert, done, strict=True))
+        for row in rows:
+            values = list(self._values(row))
+            for (i, proc), seen in convert:
+                value = values[i]
+                key = id(value)
+                if key in seen:
+                    values[i] = seen[key]
+                else:
+                    values[i] = seen[key] = proc(value)
+            params.append(tuple(values))
+        session.connection().exec_driver_sql(self.sql, params)
 
 
 class UnknownInteractionError(KeyError):
@@ -73,44 +142,67 @@ class Store:
     # -- interactions -------------------------------------------------------------------
 
     def insert_interactions(self, rows: Sequence[dict[str, Any]]) -> list[str]:
-        """Insert rows whose id is new; returns the ids actually inserted (re-imports add none)."""
+        """Insert the rows whose id is new, and a feedback event for each one with a rating,
+        in one transaction; returns the ids actually inserted (re-imports add none).
+
+        A handful of statements per 1,000 rows, not one per row: one `IN` query for the ids
+        already stored, then one executemany each for the new interactions and their ratings.
+        On SQLite the transaction holds the write lock from `BEGIN IMMEDIATE` on, so what
+        that query saw is exactly what the insert finds. On PostgreSQL another writer may
+        insert the same ids in between: there `ON CONFLICT DO NOTHING RETURNING id` names
+        the rows this transaction really inserted, so each rating is recorded exactly once.
+        """
         inserted: list[str] = []
-        for start in range(0, len(rows), _INSERT_CHUNK):
-            chunk = rows[start : start + _INSERT_CHUNK]
-            with self.write() as s:
-                ids = [r["id"] for r in chunk]
-                existing = set(s.scalars(select(Interaction.id).where(Interaction.id.in_(ids))))
-                fresh, seen = [], set(existing)
+        if not rows:
+            return inserted
+        now = utcnow()
+        postgres = self.dialect == "postgresql"
+        with self.write() as s:
+            for start in range(0, len(rows), _INSERT_CHUNK):
+                chunk = rows[start : start + _INSERT_CHUNK]
+                seen = set(s.scalars(_SELECT_IDS, {"ids": [r["id"] for r in chunk]}))
+                fresh: list[dict[str, Any]] = []
                 for row in chunk:
                     if row["id"] not in seen:
-                        seen.add(row["id"])
-                        fresh.append(row)
+                        seen.add(row["id"])  # an id repeated within the batch: its first row wins
+                        fresh.append(_interaction_values(row, now))
                 if not fresh:
                     continue
-                # Another writer may insert the same ids between our check and this insert (on
-                # PostgreSQL; SQLite's write lock serializes us): RETURNING names the rows this
-                # statement really inserted, so their feedback events are written exactly once.
-                stmt = self._insert_ignoring_conflicts(Interaction).returning(Interaction.id)
-                mine = set(s.scalars(stmt, fresh))
-                fresh = [r for r in fresh if r["id"] in mine]
+                if postgres:
+                    mine = set(s.scalars(self._pg_insert_interactions, fresh))
+                    if len(mine) < len(fresh):
+                        fresh = [r for r in fresh if r["id"] in mine]
+                else:
+                    self._sqlite_inserts[0].execute(s, fresh)
                 feedback = [
-                    {"interaction_id": r["id"], "helpful": r["helpful"], "kind": "explicit", "created_at": r.get("feedback_at") or utcnow()}
+                    {"interaction_id": r["id"], "helpful": r["helpful"], "kind": "explicit", "created_at": r["feedback_at"] or now}
                     for r in fresh
-                    if r.get("helpful") is not None
+                    if r["helpful"] is not None
                 ]
-                if feedback:
-                    s.execute(insert(FeedbackEvent), feedback)
+                if feedback and postgres:
+                    s.execute(_INSERT_FEEDBACK, feedback)
+                elif feedback:
+                    self._sqlite_inserts[1].execute(s, feedback)
                 inserted.extend(r["id"] for r in fresh)
         return inserted
 
-    def _insert_ignoring_conflicts(self, model: type) -> Any:
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
+    @functools.cached_property
+    def _pg_insert_interactions(self) -> Any:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return pg_insert(model).on_conflict_do_nothing()
+        # On the Table, not the mapped class: the ORM's bulk insert would send one statement
+        # per row here, Core's "insertmanyvalues" sends one per 1,000.
+        return pg_insert(_INTERACTIONS).on_conflict_do_nothing(index_elements=["id"]).returning(_INTERACTIONS.c.id)
+
+    @functools.cached_property
+    def _sqlite_inserts(self) -> tuple[_DriverInsert, _DriverInsert]:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return sqlite_insert(model).on_conflict_do_nothing()
+        dialect = self.engine.dialect
+        return (
+            _DriverInsert(sqlite_insert(_INTERACTIONS).on_conflict_do_nothing(index_elements=["id"]), dialect, _EMPTY_ROW),
+            _DriverInsert(_INSERT_FEEDBACK, dialect, ("interaction_id", "helpful", "kind", "created_at")),
+        )
 
     def add_feedback(self, interaction_id: str, helpful: bool | None, kind: str = "explicit") -> int:
         """Append a feedback event and mirror it onto the interaction, atomically."""
