@@ -153,8 +153,17 @@ def current_rss_mb() -> float:
 
 
 def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of this process and of the children it has waited for (curation's reader)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def peak_child_rss_mb() -> float:
+    """Peak resident set size of the largest child this process has waited for (0: none)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1) -> tuple[list[float], Any]:

@@ -74,8 +74,12 @@ def test_training(tmp_path: Path, bench_env: dict[str, str], tiny_model_dir: Pat
     result = run_bench("training", tmp_path, bench_env, "--model", str(tiny_model_dir))
     assert first_column(table(result, "Matmul throughput")) == ["float32", "bfloat16"]
     recipes = first_column(table(result, "LoRA SFT on"))
-    assert len(recipes) == 3 and recipes[0].startswith("straightforward")
+    assert len(recipes) == 4 and recipes[0].startswith("straightforward")
     assert any(c["figure"].startswith("MFU") for c in result["checks"])
+    runs = result["data"]["runs"]
+    # Padding-free batches are the padded random batches without the padding: the same loss.
+    shipped, baseline = runs["CL as shipped (padding-free)"], runs["straightforward (fp32, random batches, padding)"]
+    assert shipped["final_loss"] == pytest.approx(baseline["final_loss"], rel=1e-3)
 
 
 def test_chat(tmp_path: Path, bench_env: dict[str, str], tiny_model_dir: Path) -> None:
