@@ -49,7 +49,8 @@ def render(results: dict[str, Result | str], before: dict[str, Any], after: dict
         "baseline in the same run; see `bench/README.md` for what each measures and how to rerun one.",
         "",
     ]
-    busy = max(before["load_avg"][0], after["load_avg"][0])
+    # Only the load before the run tells of neighbours: the one after includes the benchmarks' own threads.
+    busy = before["load_avg"][0]
     if busy > 0.5 * (before.get("cores") or 1):
         lines += [
             f"> ⚠️ The machine was busy while these figures were taken (1-minute load average {before['load_avg'][0]} "
