@@ -190,7 +190,8 @@ def _load_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
         stmt = stmt.where(Interaction.created_at > bindparam("since", type_=Interaction.created_at.type))
         to_text = Interaction.created_at.type.dialect_impl(dialect).bind_processor(dialect)
         since = to_text(moment) if to_text else str(moment)  # the text SQLAlchemy binds
-    frame = read_query(path, str(stmt.compile(dialect=dialect)), since, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
+    frame = read_query(path, str(stmt.compile(dialect=dialect)), since, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
+                       batch_rows=_SQLITE_BATCH_ROWS)
     # Casts for an empty result, whose columns ADBC types as integers. Collected (and in one
     # chunk) here, so that the Arrow batches go now rather than live on in the plan.
     text = {name: pl.col(name).cast(pl.String) for name in (ID, CREATED, USER, PROMPT, RESPONSE, PII)}

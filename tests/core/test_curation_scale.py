@@ -185,6 +185,6 @@ def test_adbc_never_opens_the_store_beside_the_stores_own_sqlite(settings: Setti
 
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
-    assert read_query(other, "SELECT x FROM t", None, busy_timeout_ms=100).height == 0
+    assert read_query(other, "SELECT x FROM t", None, busy_timeout_ms=100, batch_rows=10).height == 0
     with pytest.raises(ArrowReadError, match="no such table"):
-        read_query(other, "SELECT * FROM missing_table", None, busy_timeout_ms=100)
+        read_query(other, "SELECT * FROM missing_table", None, busy_timeout_ms=100, batch_rows=10)
