@@ -47,7 +47,7 @@ def _settings(home: Path, db: Path) -> Any:
 
 def _free_snapshot_id(settings: Any, store: Any) -> str:
     """A snapshot id no earlier run took: the cached store keeps the snapshot rows of earlier runs."""
-    from cl_assets.core.curation import new_snapshot_id, snapshot_path
+    from cl_assets.core.snapshot import new_snapshot_id, snapshot_path
 
     moment = time.time()
     while True:
@@ -86,6 +86,8 @@ def worker_curate(db: Path) -> dict[str, Any]:
 def worker_phases(db: Path) -> dict[str, Any]:
     """The phases of `curate_snapshot`, timed one by one (the MinHash parts timed inside `curate_frame`)."""
     from cl_assets.core import curation
+    from cl_assets.core.files import atomic_write_lines
+    from cl_assets.core.snapshot import file_sha256
     from cl_assets.core.store import Store
 
     timings: dict[str, tuple[float, float]] = {}  # phase -> (wall s, CPU s of the whole process)
@@ -101,8 +103,9 @@ def worker_phases(db: Path) -> dict[str, Any]:
         return wrapper
 
     fingerprints, lsh = "  of which normalise + key + MinHash signatures (threads)", "  of which near-duplicate LSH + checks"
-    curation.fingerprints = timed(fingerprints, curation.fingerprints)
-    curation.duplicate_mask = timed(lsh, curation.duplicate_mask)
+    # Patched where `curate_frame`'s steps look them up.
+    curation.filters.fingerprints = timed(fingerprints, curation.filters.fingerprints)
+    curation.filters.duplicate_mask = timed(lsh, curation.filters.duplicate_mask)
     load, steps, write = ("load: SQLite → Polars (`load_interactions`, ADBC)", "Polars steps (`curate_frame`, MinHash included)",
                           "ChatML lines + atomic write + sha256")
     params = "datasketch import + MinHash/LSH parameters"
@@ -119,8 +122,8 @@ def worker_phases(db: Path) -> dict[str, Any]:
         def chatml() -> None:
             lines = curation.chatml_lines(rows, settings.train_mode)
             path = Path(tmp) / "out.jsonl"
-            curation.atomic_write_lines(path, lines)
-            curation.file_sha256(path)
+            atomic_write_lines(path, lines)
+            file_sha256(path)
 
         timed(write, chatml)()
         memory[write] = (current_rss_mb(), peak_rss_mb())

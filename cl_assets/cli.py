@@ -185,7 +185,7 @@ def pipeline(
     snapshot: Annotated[str | None, typer.Option(help="Snapshot id (default: new for --curate, else the latest).")] = None,
 ) -> None:
     """Materialize cycle steps in process on the project's Dagster instance (the UI shows the run)."""
-    from cl_assets.core.curation import new_snapshot_id
+    from cl_assets.core.snapshot import new_snapshot_id
 
     steps = [name for name, on in (("curate", curate), ("train", train), ("eval", evaluate), ("deploy", deploy)) if on]
     if not steps:
@@ -265,7 +265,7 @@ def registry_history() -> None:
 @app.command()
 def demo(deploy: Annotated[bool, typer.Option(help="Deploy the adapter if it passes the gates.")] = True) -> None:
     """Ingest the demo conversations and run one full learning cycle end to end."""
-    from cl_assets.core.curation import new_snapshot_id
+    from cl_assets.core.snapshot import new_snapshot_id
 
     settings = get_settings()
     ingestor = _ingestor()

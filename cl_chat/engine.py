@@ -36,13 +36,12 @@ from cl_assets.core.model import (
     ModelError,
     load_base_model,
 )
-from cl_assets.core.registry import Registry, RegistryError
+from cl_assets.core.registry import BASE_LABEL, Registry, RegistryError
 from cl_assets.core.store import Store
 from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BASE_LABEL = "base"  # the adapter version shown (and used by monitoring) when no adapter serves
 KNOWLEDGE_FACTS = 8  # facts put into the system prompt with CL_KNOWLEDGE_IN_PROMPT
 
 

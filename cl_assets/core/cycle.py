@@ -12,12 +12,19 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cl_assets.core.events import record_event
 from cl_assets.core.registry import Registry, RegistryError, adapter_dir, files_sha256
+from cl_assets.core.snapshot import Problem, ProblemKind, snapshot_path, validate_snapshot
 from cl_assets.core.store import Store
 from cl_assets.core.training import LOSS_CURVE_PNG, TRAINING_JSON, TrainConfig, TrainProgress
+from cl_assets.settings import Settings
+
+if TYPE_CHECKING:  # heavy (Polars, matplotlib): imported where the step runs
+    from cl_assets.core.curation import SnapshotResult
+    from cl_assets.core.evaluation import Comparison
+    from cl_assets.core.gates import Gate
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,7 @@ class Trained:
 
 
 def train_partition(
-    settings: Any,
+    settings: Settings,
     store: Store,
     snapshot_id: str,
     base_model: Path | str,
@@ -122,7 +129,7 @@ def _train_summary(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_check(settings: Any, store: Store, adapter_id: str, base_model: Path | str) -> str | None:
+def load_check(settings: Settings, store: Store, adapter_id: str, base_model: Path | str) -> str | None:
     """None when the adapter's files match the registry and load onto the base; else the problem."""
     from cl_assets.core.model import AdapterSet, ModelError, load_base_model
 
@@ -139,8 +146,8 @@ def load_check(settings: Any, store: Store, adapter_id: str, base_model: Path | 
 @dataclass(frozen=True)
 class Evaluated:
     adapter_id: str
-    report: Any  # evaluation.Comparison
-    gates: list[Any]  # gates.Gate
+    report: Comparison
+    gates: list[Gate]
 
     @property
     def passed(self) -> bool:
@@ -154,7 +161,7 @@ class Evaluated:
         return self.report.out_dir / REPORT_PNG
 
 
-def evaluate_partition(settings: Any, store: Store, adapter_id: str, base_model: Path | str) -> Evaluated:
+def evaluate_partition(settings: Settings, store: Store, adapter_id: str, base_model: Path | str) -> Evaluated:
     """Base vs candidate vs deployed on the same prompts; the gate verdict is recorded on the adapter."""
     from cl_assets.core.evaluation import compare_for_snapshot
     from cl_assets.core.gates import evaluation_gates
@@ -195,14 +202,14 @@ def evaluate_partition(settings: Any, store: Store, adapter_id: str, base_model:
 
 @dataclass(frozen=True)
 class Curated:
-    snapshot: Any  # curation.SnapshotResult
+    snapshot: SnapshotResult
     reused: bool
-    chatml_problems: list[str]
-    pii_problems: list[str]
+    chatml_problems: list[Problem]
+    pii_problems: list[Problem]
     enough_rows: bool
 
 
-def _set_aside_unregistered(settings: Any, snapshot_id: str) -> None:
+def _set_aside_unregistered(settings: Settings, snapshot_id: str) -> None:
     """Move a snapshot file that has no row out of the way (renamed to an ignored dot-file).
 
     A snapshot's row is written right after its file is renamed into place, so a file without a
@@ -212,8 +219,6 @@ def _set_aside_unregistered(settings: Any, snapshot_id: str) -> None:
     import os
     from datetime import UTC, datetime
 
-    from cl_assets.core.curation import snapshot_path
-
     path = snapshot_path(settings, snapshot_id)
     if path.exists():
         aside = path.with_name(f".{path.name}.unregistered-{datetime.now(UTC):%Y%m%d_%H%M%S_%f}")
@@ -221,25 +226,21 @@ def _set_aside_unregistered(settings: Any, snapshot_id: str) -> None:
         log.warning("%s was never registered (its run was interrupted); set aside as %s", path.name, aside.name)
 
 
-def curate_partition(settings: Any, store: Store, snapshot_id: str, note: str | None = None) -> Curated:
+def curate_partition(settings: Settings, store: Store, snapshot_id: str, note: str | None = None) -> Curated:
     """Curate the snapshot of this id (or reuse it: snapshots are immutable) and validate it."""
-    from cl_assets.core.curation import SnapshotResult, curate_snapshot, validate_snapshot
+    from cl_assets.core.curation import SnapshotResult, curate_snapshot
 
     row = store.get_snapshot(snapshot_id)
     if row is None:
         _set_aside_unregistered(settings, snapshot_id)
         result = curate_snapshot(settings, store, snapshot_id=snapshot_id, note=note or None)
     else:
-        path = Path(row.path)
-        with path.open(encoding="utf-8") as fh:
-            sample = [json.loads(line) for _, line in zip(range(5), fh)]
-        result = SnapshotResult(row.id, path, row.sha256, row.n_rows, row.counts, sample)
+        result = SnapshotResult(row.id, Path(row.path), row.sha256, row.n_rows, row.counts)
     problems = validate_snapshot(result.path)
-    pii = [p for p in problems if "contains PII" in p]
     return Curated(
         snapshot=result,
         reused=row is not None,
-        chatml_problems=[p for p in problems if p not in pii],
-        pii_problems=pii,
+        chatml_problems=[p for p in problems if p.kind is not ProblemKind.PII],
+        pii_problems=[p for p in problems if p.kind is ProblemKind.PII],
         enough_rows=result.n_rows >= settings.min_snapshot_rows,
     )

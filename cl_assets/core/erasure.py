@@ -21,12 +21,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-
 from cl_assets.core.events import record_event
 from cl_assets.core.ingest import Ingestor
 from cl_assets.core.registry import Registry
-from cl_assets.core.store import Adapter, FeedbackEvent, Interaction, Store
+from cl_assets.core.store import Adapter, Store
+from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +52,6 @@ class Erasure:
         }
 
 
-def _count_feedback(store: Store, user_hash: str) -> int:
-    with store.read() as s:
-        stmt = (
-            select(func.count())
-            .select_from(FeedbackEvent)
-            .join(Interaction, FeedbackEvent.interaction_id == Interaction.id)
-            .where(Interaction.user_hash == user_hash)
-        )
-        return s.scalar(stmt) or 0
-
-
 def tainted_closure(adapters: list[Adapter], tainted_snapshots: set[str]) -> set[str]:
     """Adapters trained on a tainted snapshot, plus every adapter warm-started from one of them.
 
@@ -81,7 +69,7 @@ def tainted_closure(adapters: list[Adapter], tainted_snapshots: set[str]) -> set
     return tainted
 
 
-def forget_user(settings: Any, user_id: str, store: Store | None = None) -> Erasure:
+def forget_user(settings: Settings, user_id: str, store: Store | None = None) -> Erasure:
     """Erase `user_id`'s interactions and feedback and taint what was built from them.
 
     Raises `SaltMismatchError` when the configured salt is not the store's: with another salt
@@ -94,8 +82,7 @@ def forget_user(settings: Any, user_id: str, store: Store | None = None) -> Eras
     user_hash = ingestor.hash_user(user_id)
     assert user_hash is not None
 
-    feedback_events = _count_feedback(store, user_hash)
-    interactions = store.delete_user(user_hash)  # one transaction; feedback goes with it
+    interactions, feedback_events = store.delete_user(user_hash)  # counted and deleted in one transaction
 
     snapshots = store.list_snapshots()
     newly_tainted_snapshots = sorted(s.id for s in snapshots if not s.tainted and user_hash in (s.user_hashes or []))

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from cl_assets.core.model import AdapterSet, LoadedModel, generate
+from cl_assets.core.registry import BASE_LABEL
 from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
-BASE_LABEL = "base"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_PNG = "accuracy.png"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from cl_assets.settings import Settings
 
 
-def record_event(settings: Any, store: Any, kind: str, **payload: Any) -> None:
+def record_event(settings: Settings, store: Any, kind: str, **payload: Any) -> None:
     row = store.add_learning_event(kind, payload)
     path = settings.learning_events_path
     path.parent.mkdir(parents=True, exist_ok=True)

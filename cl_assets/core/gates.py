@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cl_assets.core.evaluation import BASE_LABEL, Comparison, lost_items
+from cl_assets.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def forgetting_gate(report: Comparison, *, max_forgetting: float) -> Gate:
     return Gate("forgetting_within_bound", passed, reason, {"forgetting": forgetting, "lost_general": report.lost_vs_base_general})
 
 
-def evaluation_gates(report: Comparison, settings: Any) -> list[Gate]:
+def evaluation_gates(report: Comparison, settings: Settings) -> list[Gate]:
     return [
         regression_gate(report, tolerance=settings.gate_tolerance, max_lost_items=settings.gate_max_lost_items),
         forgetting_gate(report, max_forgetting=settings.gate_max_forgetting),

@@ -26,6 +26,7 @@ from cl_assets.core.files import atomic_write_lines
 from cl_assets.core.identity import UserHasher
 from cl_assets.core.pii import sanitize
 from cl_assets.core.store import Store
+from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _row_content_id(timestamp: str | None, session: str | None, user_hash: str |
 class Ingestor:
     """Sanitizes, hashes and stores interactions and feedback."""
 
-    def __init__(self, settings: Any, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
         self.settings = settings
         self.store = store or Store.from_settings(settings)
         self.hash_user = UserHasher(settings, self.store)

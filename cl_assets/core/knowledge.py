@@ -19,9 +19,11 @@ from typing import Any
 
 import polars as pl
 
-from cl_assets.core.curation import CONTROL_TOKEN, CREATED, HELPFUL, ID, PROMPT, RESPONSE, load_interactions, normalise
+from cl_assets.core.curation import CREATED, HELPFUL, ID, PROMPT, RESPONSE, load_interactions, normalise
+from cl_assets.core.snapshot import CONTROL_TOKEN
 from cl_assets.core.files import atomic_write_text
 from cl_assets.core.store import Store
+from cl_assets.settings import Settings
 
 TOP_ANSWERS = 3
 _ANSWER_CHARS = 240
@@ -177,7 +179,7 @@ def aggregate_facts(interactions: pl.LazyFrame, patterns: Sequence[EntityPattern
     ]
 
 
-def write_knowledge(settings: Any, store: Store, patterns: Sequence[EntityPattern] = DEFAULT_PATTERNS) -> list[Fact]:
+def write_knowledge(settings: Settings, store: Store, patterns: Sequence[EntityPattern] = DEFAULT_PATTERNS) -> list[Fact]:
     """Aggregate the store's interactions and write `settings.knowledge_path` atomically."""
     facts = aggregate_facts(load_interactions(store), patterns)
     document = {

@@ -558,11 +558,11 @@ def generate(
 
 # PEFT keeps adapters in torch ModuleDicts keyed by name: no dots, and nothing that could clash
 # with module prefixes. Snapshot ids ("20261120_101500") and similar slugs pass.
-_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 def check_adapter_id(adapter_id: str) -> str:
-    if not isinstance(adapter_id, str) or not _ADAPTER_NAME.match(adapter_id):
+    if not isinstance(adapter_id, str) or not _ADAPTER_NAME.fullmatch(adapter_id):
         raise ValueError(
             f"Adapter id {adapter_id!r} is not usable as a PEFT adapter name: use letters, digits, "
             "'_' or '-' (e.g. a snapshot id like 20261120_101500)."

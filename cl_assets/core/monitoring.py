@@ -11,30 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from sqlalchemy import case, func, select
 
 from cl_assets.core.files import atomic_write_text
-from cl_assets.core.store import Interaction, Store
-
-BASE_LABEL = "base"
-_SCHEMA = {
-    "created_at": pl.Datetime("us", "UTC"),
-    "adapter_version": pl.String,
-    "helpful": pl.Boolean,
-    "regenerated": pl.Boolean,
-    "latency_ms": pl.Float64,
-    "ttft_ms": pl.Float64,
-    "tokens_per_s": pl.Float64,
-}
-_COLUMNS = [
-    Interaction.created_at,
-    Interaction.adapter_version,
-    Interaction.helpful,
-    Interaction.regenerated,
-    Interaction.latency_ms,
-    Interaction.ttft_ms,
-    Interaction.tokens_per_s,
-]
+from cl_assets.core.registry import BASE_LABEL
+from cl_assets.core.store import Store, frames
+from cl_assets.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -48,23 +29,13 @@ class RatingCount:
 
 
 def ratings_for(store: Store, adapter_id: str | None) -> RatingCount:
-    """Explicit ratings of answers one adapter gave (None: the base model), as one SQL aggregate."""
-    version = Interaction.adapter_version.is_(None) if adapter_id is None else Interaction.adapter_version == adapter_id
-    stmt = select(
-        func.count(Interaction.helpful),
-        func.coalesce(func.sum(case((Interaction.helpful.is_(True), 1), else_=0)), 0),
-    ).where(version, Interaction.helpful.is_not(None))
-    with store.read() as s:
-        rated, helpful = s.execute(stmt).one()
-    return RatingCount(int(rated), int(helpful))
+    """Explicit ratings of answers one adapter gave (None: the base model)."""
+    return RatingCount(*store.ratings(adapter_id))
 
 
 def load_served(store: Store) -> pl.DataFrame:
     """Interactions with the fields monitoring needs; base-model answers labelled `base`."""
-    with store.read() as s:
-        # Explicit types: an empty store, or early rows without timings, must not break inference.
-        frame = pl.read_database(select(*_COLUMNS), connection=s.connection(), schema_overrides=_SCHEMA)
-    return frame.with_columns(pl.col("adapter_version").fill_null(BASE_LABEL).alias("adapter"))
+    return frames.load_served(store).with_columns(pl.col("adapter_version").fill_null(BASE_LABEL).alias("adapter"))
 
 
 def summarize(frame: pl.DataFrame) -> dict[str, Any]:
@@ -136,7 +107,7 @@ def plot_quality(summary: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def write_quality_metrics(settings: Any, store: Store) -> tuple[dict[str, Any], dict[str, Path]]:
+def write_quality_metrics(settings: Settings, store: Store) -> tuple[dict[str, Any], dict[str, Path]]:
     """Compute, write `logs/feedback_metrics.json` atomically, and plot."""
     summary = summarize(load_served(store))
     atomic_write_text(settings.feedback_metrics_path, json.dumps(summary, indent=2, default=str))

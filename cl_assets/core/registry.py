@@ -10,18 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cl_assets.core.events import record_event
 from cl_assets.core.files import atomic_write_text
+from cl_assets.core.snapshot import is_snapshot_id
 from cl_assets.core.store import Adapter, Store
+from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_ID = re.compile(r"^\d{8}_\d{6}$")
+#: What stands for an adapter id where the base model answers alone (chat badge, monitoring, reports).
+BASE_LABEL = "base"
 
 
 class RegistryError(RuntimeError):
@@ -29,12 +31,12 @@ class RegistryError(RuntimeError):
 
 
 def check_snapshot_id(snapshot_id: str) -> str:
-    if not SNAPSHOT_ID.fullmatch(snapshot_id or ""):
+    if not is_snapshot_id(snapshot_id):
         raise RegistryError(f"{snapshot_id!r} is not a snapshot id (expected YYYYMMDD_HHMMSS)")
     return snapshot_id
 
 
-def adapter_dir(settings: Any, adapter_id: str) -> Path:
+def adapter_dir(settings: Settings, adapter_id: str) -> Path:
     """The adapter's folder, guaranteed to be inside the adapters folder (no path tricks)."""
     check_snapshot_id(adapter_id)
     root = settings.adapters_dir.resolve()
@@ -73,7 +75,7 @@ class Deployed:
 class Registry:
     """Deploy, roll back and describe adapters on top of the store."""
 
-    def __init__(self, settings: Any, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
         self.store = store
 

@@ -1,8 +1,6 @@
 """Sensors: retrain when enough feedback has built up; react when quality drops after a deploy."""
 
 
-from datetime import UTC, datetime
-
 from dagster import (
     DefaultSensorStatus,
     RunRequest,
@@ -15,14 +13,11 @@ from dagster import (
 
 from cl_assets.core.events import record_event
 from cl_assets.core.monitoring import ratings_for
+from cl_assets.core.snapshot import new_snapshot_id
 from cl_assets.defs.jobs import cycle_job, rollback_job
 from cl_assets.defs.partitions import snapshot_partitions
 from cl_assets.defs.resources import StoreResource
 from cl_assets.settings import Settings
-
-
-def new_snapshot_id(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
 
 
 def build_sensors(settings: Settings) -> list[SensorDefinition]:

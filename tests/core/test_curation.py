@@ -21,9 +21,9 @@ from cl_assets.core.curation import (
     curate_frame,
     curate_snapshot,
     load_interactions,
-    validate_snapshot,
 )
 from cl_assets.core.ingest import Ingestor
+from cl_assets.core.snapshot import file_sha256, new_snapshot_id, snapshot_path, validate_snapshot
 from cl_assets.core.pii import hash_user_id
 from cl_assets.core.store import Store
 from cl_assets.settings import Settings
@@ -179,13 +179,12 @@ def test_every_step_removes_what_it_should_and_the_snapshot_is_registered(any_db
     assert UNIQUE[13] in kept and UNIQUE[17] in kept and UNIQUE[16] in kept
     assert UNIQUE[14] not in kept and UNIQUE[15] not in kept
     assert not any("example" in p + r or "<|" in p + r for p, r in kept)
-    assert result.sample == lines[:5]
     assert validate_snapshot(result.path) == []
     assert list(settings.curated_dir.iterdir()) == [result.path]  # no temp file left behind
 
     snap = store.get_snapshot("20261101_120000")
     assert snap is not None and snap.path == str(result.path) and snap.n_rows == 13 and not snap.tainted
-    assert snap.sha256 == result.sha256 == curation.file_sha256(result.path)
+    assert snap.sha256 == result.sha256 == file_sha256(result.path)
     assert snap.counts == EXPECTED_COUNTS and snap.note == "designed rows"
     users = {"u1", "u2", "u4", "u6", "u8", "heavy"}
     assert snap.user_hashes == sorted(hash_user_id(u, SALT) for u in users)
@@ -220,7 +219,7 @@ def test_failed_write_leaves_no_file_and_no_snapshot(settings: Settings, store: 
 
         files.atomic_write_lines(path, first_then_fail())  # the real writer, failing mid-file
 
-    monkeypatch.setattr(curation, "atomic_write_lines", fails_after_one_line)
+    monkeypatch.setattr(curation.writing, "atomic_write_lines", fails_after_one_line)
     with pytest.raises(OSError, match="disk full"):
         curate_snapshot(settings, store, snapshot_id="20261101_000001")
     assert list(settings.curated_dir.iterdir()) == []
@@ -249,7 +248,7 @@ def test_a_snapshot_id_is_used_once(settings: Settings, store: Store) -> None:
         curate_snapshot(settings, store, snapshot_id="20261101_000003")
     assert first.path.read_bytes() == before
 
-    stray = curation.snapshot_path(settings, "20261101_000004")
+    stray = snapshot_path(settings, "20261101_000004")
     stray.write_text("")  # a file nobody registered still blocks the id
     with pytest.raises(SnapshotExistsError):
         curate_snapshot(settings, store, snapshot_id="20261101_000004")
@@ -259,9 +258,9 @@ def test_a_snapshot_id_is_used_once(settings: Settings, store: Store) -> None:
 
 
 def test_default_id_is_the_utc_time() -> None:
-    assert curation.new_snapshot_id(datetime(2026, 11, 1, 13, 14, 15, tzinfo=UTC)) == "20261101_131415"
+    assert new_snapshot_id(datetime(2026, 11, 1, 13, 14, 15, tzinfo=UTC)) == "20261101_131415"
     later = datetime(2026, 11, 1, 15, 14, 15, tzinfo=UTC).astimezone()
-    assert curation.new_snapshot_id(later) == "20261101_151415"
+    assert new_snapshot_id(later) == "20261101_151415"
 
 
 def test_replay_mixes_seeded_rows_from_untainted_earlier_snapshots(settings: Settings, store: Store) -> None:
@@ -294,7 +293,7 @@ def test_replay_mixes_seeded_rows_from_untainted_earlier_snapshots(settings: Set
         samples.add(tuple(pairs(read_lines(made.path))[5:]))
     assert len(samples) > 1  # the seed decides the sample
 
-    curation.snapshot_path(settings, "20261101_000000").write_text("tampered\n")
+    snapshot_path(settings, "20261101_000000").write_text("tampered\n")
     with pytest.raises(ReplaySourceError, match="sha256"):
         curate_snapshot(replaying, store, snapshot_id="20261101_040000", since=since)
 
@@ -338,18 +337,18 @@ def test_validate_snapshot_names_each_problem_without_the_text(tmp_path: Path) -
     ]
     path = tmp_path / "snap.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    problems = validate_snapshot(path)
+    problems = [str(p) for p in validate_snapshot(path)]
     by_line = Counter(p.split(":")[0] for p in problems)
     assert set(by_line) == {f"line {n}" for n in range(2, 11)}
     assert any("line 9" in p and "PII (EMAIL" in p for p in problems)
     assert any("line 10" in p and "control token" in p for p in problems)
     assert any("line 6" in p and "last message" in p for p in problems)
     assert not any("jane" in p for p in problems)
-    assert validate_snapshot(tmp_path / "missing.jsonl") == [f"{tmp_path / 'missing.jsonl'} does not exist"]
+    assert [str(p) for p in validate_snapshot(tmp_path / "missing.jsonl")] == [f"{tmp_path / 'missing.jsonl'} does not exist"]
 
     many = tmp_path / "many.jsonl"
     many.write_text("{\n" * 80)
-    assert len(validate_snapshot(many)) == 51 and validate_snapshot(many)[-1] == "... and 30 more problem(s)"
+    assert len(validate_snapshot(many)) == 51 and str(validate_snapshot(many)[-1]) == "... and 30 more problem(s)"
 
 
 def test_signatures_equal_datasketch_minhash() -> None:

@@ -13,6 +13,8 @@ import polars as pl
 import pytest
 
 from cl_assets.core import curation
+from cl_assets.core.curation import dedup, text
+from cl_assets.core.store import frames
 from cl_assets.core.ingest import Ingestor
 from cl_assets.core.store import Store
 from cl_assets.settings import Settings
@@ -30,7 +32,7 @@ def any_store(any_db_settings: Settings) -> Iterator[Store]:
 def test_loader_returns_the_stored_values(any_db_settings: Settings, any_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     # Batches of 2 rows: ADBC types a column by its first batch, and the first rows have no user
     # and no rating, so a NULL-only first batch must not fix `user_hash` to an integer.
-    monkeypatch.setattr(curation, "_SQLITE_BATCH_ROWS", 2)
+    monkeypatch.setattr(frames, "_SQLITE_BATCH_ROWS", 2)
     ingestor = Ingestor(any_db_settings, any_store)
     for i in range(7):
         done = ingestor.ingest_interaction(
@@ -47,7 +49,7 @@ def test_loader_returns_the_stored_values(any_db_settings: Settings, any_store: 
     loaded = curation.load_interactions(any_store).collect()
     newer = curation.load_interactions(any_store, since=T0 + timedelta(minutes=3)).collect()
 
-    assert loaded.schema == pl.Schema(curation._SCHEMA)
+    assert loaded.schema == pl.Schema(frames.INTERACTIONS_SCHEMA)
     stored = list(any_store.iter_interactions())
     expected = {
         r.id: (r.created_at.replace(tzinfo=UTC), r.user_hash, r.prompt, r.response, r.pii_types, r.helpful, r.regenerated)
@@ -81,20 +83,20 @@ def test_the_cheap_spacing_test_misses_no_row_the_pattern_changes() -> None:
     import re
 
     ascii_chars = pl.Series([chr(i) for i in range(128)])
-    changed = ascii_chars.str.contains(curation._SPACING)
+    changed = ascii_chars.str.contains(text._SPACING)
     assert ascii_chars.filter(changed).to_list() == ["\t", "\n", "\x0b", "\x0c", "\r"]  # \s here is Unicode's
     texts = pl.Series(["a b", "a  b", "a\tb", "a\u00a0b", "ab ", "a\u2003", "é", "plain words"])
-    may_need = pl.select(curation._may_need_spacing(pl.lit(texts))).to_series()
+    may_need = pl.select(text._may_need_spacing(pl.lit(texts))).to_series()
     assert may_need.to_list() == [False, True, True, True, False, True, True, False]
-    respaced = curation._respace(texts, may_need)
+    respaced = text._respace(texts, may_need)
     assert respaced.to_list() == [re.sub(r"[^\S ]|\s{2,}", " ", t) for t in texts]
 
 
 def test_chunked_fingerprints_equal_text_key_and_datasketch(monkeypatch: pytest.MonkeyPatch) -> None:
     from datasketch import MinHash
 
-    monkeypatch.setattr(curation, "_FINGERPRINT_CHUNK_ROWS", 3)  # several chunks, on threads
-    monkeypatch.setattr(curation, "_THREADS", 2)
+    monkeypatch.setattr(dedup, "_FINGERPRINT_CHUNK_ROWS", 3)  # several chunks, on threads
+    monkeypatch.setattr(dedup, "_THREADS", 2)
     prompts, responses = (pl.Series([t[i] for t in TEXTS]) for i in (0, 1))
 
     keys, signatures = curation.fingerprints(prompts, responses)
@@ -134,11 +136,11 @@ def test_near_duplicate_mask_follows_the_rank_not_the_row_order() -> None:
 
 
 def test_keep_rows_moves_the_kept_rows_forward_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(curation, "_FINGERPRINT_CHUNK_ROWS", 7)
+    monkeypatch.setattr(dedup, "_FINGERPRINT_CHUNK_ROWS", 7)
     values = np.arange(1_000 * 4, dtype=np.uint32).reshape(1_000, 4)
     original = values.copy()
     kept = np.flatnonzero(np.random.default_rng(5).random(1_000) < 0.6)
-    moved = curation._keep_rows(values, kept)
+    moved = dedup._keep_rows(values, kept)
     assert np.array_equal(moved, original[kept]) and np.shares_memory(moved, values)
 
 

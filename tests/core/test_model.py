@@ -249,7 +249,7 @@ def test_generate_trims_history_to_the_prompt_budget(tiny: M.LoadedModel) -> Non
 
 def test_adapter_ids_must_be_valid_peft_names() -> None:
     assert M.check_adapter_id("20261120_101500") == "20261120_101500"
-    for bad in ["", "a.b", "with space", "x" * 65, "_leading"]:
+    for bad in ["", "a.b", "with space", "x" * 65, "_leading", "20261120_101500\n"]:
         with pytest.raises(ValueError):
             M.check_adapter_id(bad)
 

@@ -103,7 +103,8 @@ def test_meta_set_once_keeps_the_first_value(store: Store) -> None:
 
 def test_delete_user_removes_rows_and_feedback(store: Store) -> None:
     store.insert_interactions([_row(1, user_hash="u1", helpful=True), _row(2, user_hash="u2")])
-    assert store.delete_user("u1") == 1
+    assert store.add_feedback(_row(1, user_hash="u1")["id"], False) > 0
+    assert store.delete_user("u1") == (1, 2)  # the row's rating and the later one, in one transaction
     assert store.count_interactions() == 1
     assert store.feedback_since(0)[0] == 0
 

@@ -22,7 +22,7 @@ from cl_assets.core.training import (
     render_row,
     train_adapter,
 )
-from cl_assets.core.training.data import snapshot_sha256
+from cl_assets.core.snapshot import file_sha256 as snapshot_sha256
 from tests.conftest import make_settings
 
 FACTS = [

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cl_assets.core.curation import snapshot_path, validate_snapshot
+from cl_assets.core.snapshot import snapshot_path, validate_snapshot
 from cl_assets.core.cycle import curate_partition, load_check, train_partition
 from cl_assets.core.ingest import Ingestor
 from cl_assets.core.registry import Registry, RegistryError, adapter_dir
@@ -65,7 +65,7 @@ CHILD = textwrap.dedent(
         import cl_assets.core.curation as curation
 
         if stage == "writing":  # some lines are in the temp file, the rest not yet
-            real = curation.atomic_write_lines
+            real = curation.writing.atomic_write_lines
 
             def slow(path, lines):
                 def lines_then_hang():
@@ -75,7 +75,7 @@ CHILD = textwrap.dedent(
                             hang()
                 real(path, lines_then_hang())
 
-            curation.atomic_write_lines = slow
+            curation.writing.atomic_write_lines = slow
         elif stage == "renamed":  # the complete file is in place, the row not yet written
             Store.add_snapshot = lambda self, **fields: hang()
         elif stage == "committing":

@@ -11,9 +11,9 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cl_assets.core.store.engine import WRITE_OPTION, make_engine, upgrade
@@ -27,8 +27,15 @@ from cl_assets.core.store.models import (
     Snapshot,
     utcnow,
 )
+from cl_assets.settings import Settings
 
 FEEDBACK_KINDS = ("explicit", "regenerate")
+
+
+class ErasedRows(NamedTuple):
+    interactions: int
+    feedback_events: int
+
 _INSERT_CHUNK = 1_000
 
 _INTERACTIONS = Interaction.__table__
@@ -118,7 +125,7 @@ class Store:
         self._writer = sessionmaker(self.engine.execution_options(**{WRITE_OPTION: True}), expire_on_commit=False)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Store":
+    def from_settings(cls, settings: Settings) -> "Store":
         return cls(settings.db_url)
 
     @property
@@ -248,15 +255,30 @@ class Store:
             count = s.scalar(select(func.count()).where(FeedbackEvent.id > after_event_id)) or 0
             return count, newest
 
-    def delete_user(self, user_hash: str) -> int:
-        """Erase every interaction (and, by cascade, feedback) of one user; returns rows removed."""
+    def delete_user(self, user_hash: str) -> ErasedRows:
+        """Erase every interaction and feedback event of one user, in one transaction.
+
+        The counts are what this transaction deleted, so they match what is gone even when
+        feedback arrives meanwhile."""
+        feedback = 0
         with self.write() as s:
             ids = list(s.scalars(select(Interaction.id).where(Interaction.user_hash == user_hash)))
             for start in range(0, len(ids), _INSERT_CHUNK):
                 part = ids[start : start + _INSERT_CHUNK]
-                s.execute(delete(FeedbackEvent).where(FeedbackEvent.interaction_id.in_(part)))
+                feedback += s.execute(delete(FeedbackEvent).where(FeedbackEvent.interaction_id.in_(part))).rowcount
                 s.execute(delete(Interaction).where(Interaction.id.in_(part)))
-            return len(ids)
+            return ErasedRows(len(ids), feedback)
+
+    def ratings(self, adapter_id: str | None) -> tuple[int, int]:
+        """(rated, rated helpful) of the answers one adapter gave (None: the base model), one aggregate."""
+        version = Interaction.adapter_version.is_(None) if adapter_id is None else Interaction.adapter_version == adapter_id
+        stmt = select(
+            func.count(Interaction.helpful),
+            func.coalesce(func.sum(case((Interaction.helpful.is_(True), 1), else_=0)), 0),
+        ).where(version, Interaction.helpful.is_not(None))
+        with self.read() as s:
+            rated, helpful = s.execute(stmt).one()
+        return int(rated), int(helpful)
 
     # -- snapshots, adapters, deployments ----------------------------------------------------
 

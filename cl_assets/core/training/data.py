@@ -16,69 +16,17 @@ none of the taught facts; on prompt/completion rows it learned them (STACK-NOTES
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from cl_assets.core.snapshot import Conversation, iter_lines, parse_line
 
-ROLES = ("system", "user", "assistant")
-#: The pattern curation filters on (`cl_assets.core.curation.CONTROL_TOKEN`), kept here so that
-#: importing training stays free of Polars; a test pins the two together.
-_CONTROL_TOKEN = re.compile(r"<\|[^|<>\n]{0,64}\|>")
+log = logging.getLogger(__name__)
 
 
 class SnapshotError(ValueError):
     """The snapshot cannot be trained on; the message says which line and why."""
-
-
-@dataclass(frozen=True)
-class Conversation:
-    messages: tuple[dict[str, str], ...]
-    label: bool | None
-    line: int
-
-
-def snapshot_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _parse_line(text: str, line: int, where: str) -> Conversation:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SnapshotError(f"{where}:{line}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-        raise SnapshotError(f"{where}:{line}: expected an object with a 'messages' list")
-    if not record["messages"]:
-        raise SnapshotError(f"{where}:{line}: 'messages' is empty")
-    messages = []
-    for index, message in enumerate(record["messages"]):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise SnapshotError(f"{where}:{line}: message {index} needs a 'role' of {', '.join(ROLES)}")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise SnapshotError(f"{where}:{line}: message {index} needs a string 'content'")
-        if message["role"] == "assistant" and not content.strip():
-            raise SnapshotError(f"{where}:{line}: message {index} is an empty assistant answer")
-        if _CONTROL_TOKEN.search(content):
-            # TRL renders rows through the chat template without sanitizing: a "<|im_start|>" in
-            # the text would become the real token and forge a turn. Curation never writes one.
-            raise SnapshotError(f"{where}:{line}: message {index} contains a control token (such as <|im_start|>)")
-        # Only role and content travel on: extra keys would make the Arrow schema ragged.
-        messages.append({"role": message["role"], "content": content})
-    label = record.get("label")
-    if label is not None and not isinstance(label, bool):
-        raise SnapshotError(f"{where}:{line}: 'label' must be true or false, got {label!r}")
-    return Conversation(tuple(messages), label, line)
 
 
 def read_snapshot(path: Path) -> list[Conversation]:
@@ -87,10 +35,13 @@ def read_snapshot(path: Path) -> list[Conversation]:
     if not path.is_file():
         raise SnapshotError(f"snapshot {path} does not exist")
     conversations = []
-    with path.open(encoding="utf-8") as handle:
-        for number, text in enumerate(handle, start=1):
-            if text.strip():
-                conversations.append(_parse_line(text, number, path.name))
+    for number, text in iter_lines(path):
+        if not text.strip():
+            continue
+        conversation, problems = parse_line(text, number)
+        if problems or conversation is None:
+            raise SnapshotError(f"{path.name}:{number}: {problems[0].detail}")
+        conversations.append(conversation)
     if not conversations:
         raise SnapshotError(f"snapshot {path} is empty: there is nothing to train on")
     return conversations

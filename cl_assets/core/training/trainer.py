@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cl_assets.core.snapshot import file_sha256
 from cl_assets.core.training.config import TrainConfig
 from cl_assets.core.training.data import SnapshotError, load_rows
-from cl_assets.core.training.data import snapshot_sha256 as file_sha256
 from cl_assets.core.training.device import Precision, detect_precision
 
 log = logging.getLogger(__name__)

@@ -49,8 +49,8 @@ def curated_snapshot(context: AssetExecutionContext, config: CurateConfig, store
             "sha256": snap.sha256,
             "path": MetadataValue.path(str(snap.path)),
             "reused": curated.reused,
+            # Counts, ids and the path only: Dagster's event log is out of `cl forget-user`'s reach.
             "filter_counts": table([{"step": k, "rows": v} for k, v in snap.counts.items()]),
-            "sample": table([{"user": r["messages"][0]["content"], "assistant": r["messages"][-1]["content"]} for r in snap.sample]),
         }
     )
     chatml_ok = not curated.chatml_problems and curated.enough_rows
@@ -58,14 +58,15 @@ def curated_snapshot(context: AssetExecutionContext, config: CurateConfig, store
         check_name="snapshot_is_valid_chatml",
         passed=chatml_ok,
         description="valid ChatML" if chatml_ok else "; ".join(
-            curated.chatml_problems[:5] + ([] if curated.enough_rows else [f"{snap.n_rows} rows < {settings.min_snapshot_rows}"])
+            [str(p) for p in curated.chatml_problems[:5]]
+            + ([] if curated.enough_rows else [f"{snap.n_rows} rows < {settings.min_snapshot_rows}"])
         ),
         metadata={"rows": snap.n_rows, "min_rows": settings.min_snapshot_rows},
     )
     yield AssetCheckResult(
         check_name="snapshot_has_no_pii",
         passed=not curated.pii_problems,
-        description="no PII found" if not curated.pii_problems else "; ".join(curated.pii_problems[:5]),
+        description="no PII found" if not curated.pii_problems else "; ".join(str(p) for p in curated.pii_problems[:5]),
     )
 
 

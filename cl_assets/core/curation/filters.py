@@ -1,0 +1,205 @@
+"""The curation steps, each `LazyFrame -> LazyFrame`, and `curate_frame` that runs them in order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import polars as pl
+
+from cl_assets.core.curation.columns import (
+    CREATED,
+    HELPFUL,
+    ID,
+    KEY,
+    LABEL,
+    PII,
+    PROMPT,
+    RANK,
+    REGENERATED,
+    REPLAY_FROM,
+    RESPONSE,
+    SIGNATURE,
+    USER,
+)
+from cl_assets.core.curation.dedup import (
+    NUM_PERM,
+    _keep_rows,
+    duplicate_mask,
+    fingerprints,
+)
+from cl_assets.core.curation.replay import _empty_pool
+from cl_assets.core.snapshot import CONTROL_TOKEN
+from cl_assets.settings import Settings
+
+COUNT_KEYS = (
+    "loaded",
+    "no_pii",
+    "not_unhelpful",
+    "length_ok",
+    "no_control_tokens",
+    "exact_dedup",
+    "near_dedup",
+    "per_user_cap",
+    "replay_added",
+    "final",
+)
+
+
+def rank(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Number the rows best first (RANK), so later steps can keep 'the best copy'.
+
+    The rows stay where they are: sorting a row index and inverting that permutation costs a
+    fraction of moving every text column into rank order.
+    """
+    best, unrated, worst = (pl.lit(v, pl.UInt8) for v in (0, 1, 2))
+    rating = pl.when(pl.col(HELPFUL)).then(best).when(pl.col(HELPFUL).is_null()).then(unrated).otherwise(worst)
+    by_rank = pl.int_range(pl.len(), dtype=pl.get_index_type()).sort_by(
+        [rating, pl.col(CREATED), pl.col(ID)], descending=[False, True, False], nulls_last=True
+    )
+    return lf.with_columns(by_rank.arg_sort().alias(RANK))
+
+
+def drop_pii(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Rows where the sanitizer found PII are left out, placeholders or not."""
+    found = pl.col(PII).str.json_decode(pl.List(pl.String)).list.len().fill_null(0)
+    return lf.filter(found == 0)
+
+
+def drop_unhelpful(train_mode: str) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """SFT: drop 👎 rows and regenerated ones (a weak 👎 that an explicit 👍 overrides).
+
+    KTO: keep 👎 rows as `label: false` and unrated/👍 rows as `label: true`; drop only
+    regenerated rows nobody rated, a negative signal too weak to train on either way.
+    """
+
+    def step(lf: pl.LazyFrame) -> pl.LazyFrame:
+        regenerated = pl.col(REGENERATED).fill_null(False)
+        if train_mode == "kto":
+            kept = lf.filter(~regenerated | pl.col(HELPFUL).is_not_null())
+            return kept.with_columns(pl.col(HELPFUL).fill_null(True).alias(LABEL))
+        not_rated_down, rated_up = pl.col(HELPFUL).fill_null(True), pl.col(HELPFUL).fill_null(False)
+        return lf.filter(not_rated_down & (~regenerated | rated_up))
+
+    return step
+
+
+def keep_length(min_chars: int, max_chars: int) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """Drop empty or too short prompts/responses and turns longer than `max_chars` in all."""
+    shortest = max(min_chars, 1)
+
+    def step(lf: pl.LazyFrame) -> pl.LazyFrame:
+        return lf.filter(
+            (pl.col(PROMPT).str.strip_chars().str.len_chars() >= shortest)
+            & (pl.col(RESPONSE).str.strip_chars().str.len_chars() >= shortest)
+            & (pl.col(PROMPT).str.len_chars() + pl.col(RESPONSE).str.len_chars() <= max_chars)
+        )
+
+    return step
+
+
+def drop_control_tokens(lf: pl.LazyFrame) -> pl.LazyFrame:
+    return lf.filter(~(pl.col(PROMPT).str.contains(CONTROL_TOKEN) | pl.col(RESPONSE).str.contains(CONTROL_TOKEN)))
+
+
+def drop_exact_duplicates(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per normalised (prompt, response): the best-ranked copy.
+
+    Adds KEY and the MinHash SIGNATURE that `drop_near_duplicates` judges on, both from one
+    normalisation of the text, done in chunks so that no normalised copy of the column lives on.
+    Runs at once rather than in the plan (as does `drop_near_duplicates`): the work is numpy's
+    on threads of our own, and a frame handed back through `map_batches` is copied.
+    """
+    df = lf.collect()
+    keys, signatures = fingerprints(df[PROMPT], df[RESPONSE])
+    keyed = df.with_columns(keys)
+    best = keyed.select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series()
+    kept = _keep_rows(signatures, np.flatnonzero(best.to_numpy()))
+    return keyed.filter(best).with_columns(pl.Series(SIGNATURE, kept)).lazy()
+
+
+def drop_near_duplicates(threshold: float) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """Drop rows whose text is a MinHash near-duplicate of a better-ranked row."""
+
+    def step(lf: pl.LazyFrame) -> pl.LazyFrame:
+        df = lf.collect()
+        signatures = df[SIGNATURE].to_numpy() if df.height else np.empty((0, NUM_PERM), np.uint32)
+        duplicate = duplicate_mask(signatures, threshold, df[RANK].to_numpy())
+        return df.drop(SIGNATURE).filter(pl.Series(~duplicate)).lazy()
+
+    return step
+
+
+def cap_per_user(max_rows: int) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """At most `max_rows` best-ranked rows per user; rows without a user are each their own."""
+
+    def step(lf: pl.LazyFrame) -> pl.LazyFrame:
+        place = pl.col(RANK).rank("ordinal").over(USER)
+        return lf.filter(pl.col(USER).is_null() | (place <= max_rows))
+
+    return step
+
+
+def add_replay(pool: pl.LazyFrame, fraction: float, seed: int) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """Mix in round(fraction × rows) rows sampled (seeded) from `pool`, none already present."""
+
+    def step(lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = lf.with_columns(pl.lit(None, pl.String).alias(REPLAY_FROM))
+        if fraction <= 0:
+            return lf
+        position, present = "_position", "_present"
+        sampled = (
+            pool.join(lf.select(KEY), on=KEY, how="anti")
+            .sort(pl.col(KEY).hash(seed=seed))  # a seeded shuffle
+            .with_row_index(position)
+            .join(lf.select(pl.len().alias(present)), how="cross")
+            .filter(pl.col(position) < (pl.col(present) * fraction).round())
+            .drop(position, present)
+        )
+        return pl.concat([lf, sampled], how="diagonal_relaxed")
+
+    return step
+
+
+Step = Callable[[pl.LazyFrame], pl.LazyFrame]
+
+
+def curation_steps(settings: Settings, replay_pool: pl.LazyFrame | None = None) -> list[tuple[str, Step]]:
+    """The named steps, in order; each name is also the key of the count after it."""
+    pool = replay_pool if replay_pool is not None else _empty_pool(settings.train_mode)
+    fraction = settings.replay_fraction if replay_pool is not None else 0.0
+    return [
+        ("no_pii", drop_pii),
+        ("not_unhelpful", drop_unhelpful(settings.train_mode)),
+        ("length_ok", keep_length(settings.min_chars, settings.max_chars)),
+        ("no_control_tokens", drop_control_tokens),
+        ("exact_dedup", drop_exact_duplicates),
+        ("near_dedup", drop_near_duplicates(settings.near_dup_threshold)),
+        ("per_user_cap", cap_per_user(settings.max_rows_per_user)),
+        ("replay", add_replay(pool, fraction, settings.seed)),
+    ]
+
+
+def curate_frame(
+    interactions: pl.LazyFrame, settings: Settings, replay_pool: pl.LazyFrame | None = None
+) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Run every step; returns the curated rows (output order) and the count after each step."""
+    current = interactions.pipe(rank).collect()
+    after = {"loaded": current.height}
+    for name, step in curation_steps(settings, replay_pool):
+        current = current.lazy().pipe(step).collect()
+        after[name] = current.height
+    columns = [PROMPT, RESPONSE, USER, REPLAY_FROM] + ([LABEL] if settings.train_mode == "kto" else [])
+    rows = current.select(columns)
+    order = current.select(
+        pl.arg_sort_by([pl.col(REPLAY_FROM).is_not_null(), CREATED, ID], nulls_last=True, maintain_order=True)
+    ).to_series()
+    if not order.equals(pl.int_range(len(order), dtype=order.dtype, eager=True), check_names=False):
+        rows = rows[order]  # a copy of the kept text; stores are mostly in creation order already
+    counts = {key: after[key] for key in COUNT_KEYS[:-2]}
+    counts["replay_added"] = after["replay"] - after["per_user_cap"]
+    counts["final"] = after["replay"]
+    if settings.train_mode == "kto":
+        counts["label_true"] = int(rows[LABEL].sum())
+        counts["label_false"] = rows.height - counts["label_true"]
+    return rows, counts

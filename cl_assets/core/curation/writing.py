@@ -1,0 +1,109 @@
+"""Writing the snapshot: ChatML lines, atomic file, hash, registry row and event."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from cl_assets.core.curation.columns import LABEL, PROMPT, REPLAY_FROM, RESPONSE, USER
+from cl_assets.core.curation.filters import curate_frame
+from cl_assets.core.curation.replay import replay_pool
+from cl_assets.core.events import record_event
+from cl_assets.core.files import atomic_write_lines
+from cl_assets.core.snapshot import (
+    check_snapshot_id,
+    file_sha256,
+    new_snapshot_id,
+    snapshot_path,
+)
+from cl_assets.core.store import Store
+from cl_assets.core.store.frames import load_interactions
+from cl_assets.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class SnapshotExistsError(FileExistsError):
+    """A snapshot id is taken already (in the store or on disk); snapshots are immutable."""
+
+
+@dataclass(frozen=True)
+class SnapshotResult:
+    """What one curation run produced: counts, ids and the path (safe to log; no text, which
+    erasure could not reach in Dagster's event log)."""
+
+    id: str
+    path: Path
+    sha256: str
+    n_rows: int
+    counts: dict[str, int]
+
+
+def chatml_lines(rows: pl.DataFrame, train_mode: str) -> pl.Series:
+    """One JSON conversation per row, encoded by Polars (no per-row Python).
+
+    Each message is a JSON object encoded by `json_encode`; only the fixed frame around them
+    is literal text.
+    """
+
+    def message(role: str, column: str) -> pl.Expr:
+        return pl.struct(pl.lit(role).alias("role"), pl.col(column).alias("content")).struct.json_encode()
+
+    parts = [pl.lit('{"messages":['), message("user", PROMPT), pl.lit(","), message("assistant", RESPONSE), pl.lit("]")]
+    if train_mode == "kto":
+        parts.append(pl.when(pl.col(LABEL)).then(pl.lit(',"label":true')).otherwise(pl.lit(',"label":false')))
+    parts.append(pl.lit("}"))
+    return rows.select(pl.concat_str(parts).alias("line")).to_series()
+
+
+def curate_snapshot(
+    settings: Settings,
+    store: Store,
+    *,
+    snapshot_id: str | None = None,
+    note: str | None = None,
+    since: datetime | None = None,
+) -> SnapshotResult:
+    """Curate the store into `curated_<id>.jsonl`, register it and record a `snapshot` event.
+
+    Refuses an id that the store or the curated folder holds already. The feedback watermark
+    is read before the interactions, so feedback arriving meanwhile counts towards the next
+    snapshot rather than being lost between two.
+    """
+    snapshot_id = check_snapshot_id(snapshot_id or new_snapshot_id())
+    path = snapshot_path(settings, snapshot_id)
+    if store.get_snapshot(snapshot_id) is not None or path.exists():
+        raise SnapshotExistsError(f"snapshot {snapshot_id} exists already; snapshots are immutable, pick a new id")
+
+    watermark = store.feedback_since(0)[1]
+    pool, pool_users = replay_pool(store, snapshot_id, settings.train_mode) if settings.replay_fraction > 0 else (None, {})
+    rows, counts = curate_frame(load_interactions(store, since), settings, pool)
+
+    lines = chatml_lines(rows, settings.train_mode)
+    atomic_write_lines(path, lines)
+    try:
+        sha256 = file_sha256(path)
+        user_hashes = set(rows[USER].drop_nulls().unique().to_list())
+        for source in rows[REPLAY_FROM].drop_nulls().unique().to_list():
+            user_hashes.update(pool_users.get(source, []))  # who a replayed row came from is unknown
+        store.add_snapshot(
+            id=snapshot_id,
+            path=str(path),
+            sha256=sha256,
+            n_rows=rows.height,
+            counts=counts,
+            user_hashes=sorted(user_hashes),
+            feedback_watermark=watermark,
+            note=note,
+        )
+    except BaseException:
+        if store.get_snapshot(snapshot_id) is None:  # never leave a file the registry lacks
+            path.unlink(missing_ok=True)
+        raise
+    record_event(settings, store, "snapshot", snapshot_id=snapshot_id, n_rows=rows.height, sha256=sha256, counts=counts)
+    log.info("snapshot %s: %d rows (%s)", snapshot_id, rows.height, counts)
+    return SnapshotResult(snapshot_id, path, sha256, rows.height, counts)
