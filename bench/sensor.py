@@ -48,13 +48,12 @@ def measure(db: Path, ticks: int) -> dict[str, Any]:
     from cl_assets.core.store import Store
     from cl_assets.definitions import build_definitions
     from cl_assets.defs.resources import SettingsResource, StoreResource
-    from cl_assets.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="cl-bench-sensor-") as tmp:
         url = f"sqlite:///{db}"
         overrides = {"user_hash_salt": SALT, "retrain_min_feedback": 50}
-        settings = Settings(_env_file=None, home=Path(tmp), database_url=url, **overrides)  # type: ignore[call-arg]
-        sensor = next(s for s in build_definitions(settings).sensors if s.name == "feedback_sensor")
+        config = SettingsResource(home=tmp, database_url=url, overrides_json=json.dumps(overrides))
+        sensor = next(s for s in build_definitions(config).sensors if s.name == "feedback_sensor")
         store = Store(url)
         newest = store.feedback_since(0)[1]
         cursor = str(newest - 10)

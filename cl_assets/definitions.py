@@ -13,19 +13,20 @@ from cl_assets.defs.assets.training import lora_adapter
 from cl_assets.defs.jobs import cycle_job, ingest_job, rollback_job
 from cl_assets.defs.resources import BaseModelResource, SettingsResource, StoreResource
 from cl_assets.defs.sensors import build_sensors
-from cl_assets.settings import Settings
 
 ASSETS = [raw_interactions, knowledge_facts, curated_snapshot, lora_adapter, adapter_eval, deployed_adapter, quality_metrics]
 
 
-def build_definitions(settings: Settings | None = None, settings_resource: SettingsResource | None = None) -> Definitions:
-    """Definitions for `settings` (default: the environment). Tests pass their own."""
-    settings = settings or Settings()
+def build_definitions(settings_resource: SettingsResource | None = None) -> Definitions:
+    """Definitions on one settings source (default: the environment); tests pass their own.
+
+    The sensors' intervals, descriptions and thresholds and the resources' settings all come
+    from `settings_resource`, so what the UI describes is what a tick applies."""
     config = settings_resource or SettingsResource()
     return Definitions(
         assets=ASSETS,
         jobs=[cycle_job, rollback_job, ingest_job],
-        sensors=build_sensors(settings),
+        sensors=build_sensors(config.get()),
         resources={"store": StoreResource(settings=config), "base_model": BaseModelResource(settings=config)},
     )
 

@@ -13,6 +13,7 @@ from dagster import (
 
 from cl_assets.core.events import record_event
 from cl_assets.core.monitoring import ratings_for
+from cl_assets.core.quality import quality_verdict
 from cl_assets.core.snapshot import new_snapshot_id
 from cl_assets.defs.jobs import cycle_job, rollback_job
 from cl_assets.defs.partitions import snapshot_partitions
@@ -38,7 +39,7 @@ def build_sensors(settings: Settings) -> list[SensorDefinition]:
             latest = db.latest_snapshot()
             watermark = latest.feedback_watermark if latest else 0
         count, newest = db.feedback_since(watermark)  # indexed range on new events only
-        threshold = store.settings.get().retrain_min_feedback
+        threshold = settings.retrain_min_feedback
         if count < threshold:
             return SkipReason(f"{count} new feedback event(s) since the last snapshot; a cycle needs {threshold}")
         snapshot_id = new_snapshot_id()
@@ -56,46 +57,34 @@ def build_sensors(settings: Settings) -> list[SensorDefinition]:
         "beyond CL_QUALITY_DROP_MARGIN it alerts or (CL_QUALITY_ACTION=rollback) rolls back.",
     )
     def quality_sensor(context: SensorEvaluationContext, store: StoreResource) -> SensorResult | SkipReason:
-        cfg = store.settings.get()
         db = store.get()
-        history = db.deployment_history()
-        if not history or history[-1].adapter_id is None:
-            return SkipReason("no adapter is deployed")
-        current = history[-1]
-        if context.cursor == str(current.id):
-            return SkipReason(f"deployment {current.id} was already judged")
-        previous = next((d.adapter_id for d in reversed(history) if d.adapter_id != current.adapter_id), None)
-        if previous is None:
-            return SkipReason("no earlier adapter to compare with")
-        now, before = ratings_for(db, current.adapter_id), ratings_for(db, previous)
-        if now.rated < cfg.quality_min_ratings or before.rated < cfg.quality_min_ratings:
-            return SkipReason(
-                f"not enough ratings yet ({now.rated} for {current.adapter_id}, {before.rated} for {previous}; "
-                f"need {cfg.quality_min_ratings} each)"
-            )
-        assert now.rate is not None and before.rate is not None
-        drop = before.rate - now.rate
-        if drop < cfg.quality_drop_margin:
-            return SkipReason(f"helpful rate {now.rate:.0%} vs {before.rate:.0%}: within the margin")
-        why = (
-            f"helpful rate of {current.adapter_id} fell to {now.rate:.0%} ({now.rated} ratings) from "
-            f"{before.rate:.0%} for {previous} ({before.rated} ratings)"
+        verdict = quality_verdict(
+            db.deployment_history(),
+            lambda adapter_id: ratings_for(db, adapter_id),
+            min_ratings=settings.quality_min_ratings,
+            drop_margin=settings.quality_drop_margin,
+            action=settings.quality_action,
+            judged=context.cursor,
         )
-        record_event(cfg, db, "quality_drop", adapter=current.adapter_id, previous=previous, drop=round(drop, 4), action=cfg.quality_action)
-        context.log.warning(why)
-        if cfg.quality_action != "rollback":
-            return SensorResult(skip_reason=SkipReason(f"alert: {why}"), cursor=str(current.id))
-        run_config = {"ops": {"deployed_adapter": {"config": {"actor": "quality_sensor", "reason": why}}}}
+        if verdict.action == "skip":
+            return SkipReason(verdict.reason)
+        assert verdict.drop is not None and verdict.previous is not None
+        record_event(settings, db, "quality_drop", adapter=verdict.adapter_id, previous=verdict.previous,
+                     drop=round(verdict.drop, 4), action=settings.quality_action)  # fmt: skip
+        context.log.warning(verdict.reason)
+        if verdict.action == "alert":
+            return SensorResult(skip_reason=SkipReason(f"alert: {verdict.reason}"), cursor=str(verdict.deployment_id))
+        run_config = {"ops": {"deployed_adapter": {"config": {"actor": "quality_sensor", "reason": verdict.reason}}}}
         return SensorResult(
             run_requests=[
                 RunRequest(
-                    partition_key=previous,
-                    run_key=f"rollback-{current.id}",
+                    partition_key=verdict.previous,
+                    run_key=f"rollback-{verdict.deployment_id}",
                     run_config=run_config,
                     tags={"cl/trigger": "quality"},
                 )
             ],
-            cursor=str(current.id),
+            cursor=str(verdict.deployment_id),
         )
 
     return [feedback_sensor, quality_sensor]

@@ -22,18 +22,29 @@ def home(tmp_path) -> Settings:  # type: ignore[no-untyped-def]
     return make_settings(tmp_path, retrain_min_feedback=5, quality_min_ratings=10, quality_drop_margin=0.2)
 
 
-def _sensor(settings: Settings, name: str):  # type: ignore[no-untyped-def]
-    defs = build_definitions(settings)
-    return next(s for s in defs.sensors if s.name == name)
+def _resource(settings: Settings, **overrides: object) -> SettingsResource:
+    values = {"user_hash_salt": "test-salt-not-secret", "retrain_min_feedback": 5, "quality_min_ratings": 10,
+              "quality_drop_margin": 0.2, **overrides}
+    return SettingsResource(home=str(settings.home), overrides_json=json.dumps(values))
 
 
 def _tick(settings: Settings, name: str, cursor: str | None, **overrides: object):  # type: ignore[no-untyped-def]
-    values = {"user_hash_salt": "test-salt-not-secret", "retrain_min_feedback": 5, "quality_min_ratings": 10,
-              "quality_drop_margin": 0.2, **overrides}
-    resource = SettingsResource(home=str(settings.home), overrides_json=json.dumps(values))
+    resource = _resource(settings, **overrides)  # one source: the sensor's rule and its store
+    sensor = next(s for s in build_definitions(resource).sensors if s.name == name)
     with build_sensor_context(instance=DagsterInstance.ephemeral(), cursor=cursor,
                               resources={"store": StoreResource(settings=resource)}) as context:
-        return _sensor(settings, name)(context)
+        return sensor(context)
+
+
+def test_the_description_and_the_threshold_come_from_the_same_settings(home: Settings) -> None:
+    ingestor = Ingestor(home)
+    _rated(ingestor, 4, helpful=True)
+    resource = _resource(home, retrain_min_feedback=3)
+    sensor = next(s for s in build_definitions(resource).sensors if s.name == "feedback_sensor")
+    assert "(3)" in (sensor.description or "")
+    assert isinstance(_tick(home, "feedback_sensor", None, retrain_min_feedback=3), SensorResult)
+    below = _tick(home, "feedback_sensor", None, retrain_min_feedback=7)
+    assert isinstance(below, SkipReason) and "a cycle needs 7" in below.skip_message
 
 
 def _rated(ingestor: Ingestor, n: int, *, helpful: bool | list[bool], adapter: str | None = None, start: int = 0) -> None:
