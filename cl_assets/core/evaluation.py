@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import statistics
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cl_assets.core.files import atomic_directory
 from cl_assets.core.model import AdapterSet, LoadedModel, generate
 from cl_assets.core.registry import BASE_LABEL
 from cl_assets.settings import Settings
@@ -442,23 +441,10 @@ def compare_for_snapshot(
 def write_report(report: Comparison, out_dir: Path) -> Comparison:
     """Write report.json / report.md / accuracy.png into `out_dir` via a temp sibling + rename."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_directory(out_dir, replace=True) as tmp:
         (tmp / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(format_report(report) + "\n", encoding="utf-8")
         plot_comparison(report, tmp / REPORT_PNG)
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("Evaluation report for %s written to %s", report.candidate, out_dir)
     return Comparison(report.candidate, report.deployed, report.taught, report.general, out_dir)
 

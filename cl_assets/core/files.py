@@ -31,15 +31,30 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 @contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `target`; it becomes `target` only if the block succeeds."""
-    if target.exists():
+def atomic_directory(target: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside `target`; it becomes `target` only if the block succeeds.
+
+    A killed or failed block never leaves a folder that looks complete (the temp folder is a
+    dot-file). Without `replace` an existing `target` is never overwritten, also one that
+    appeared while the block ran; with it, the old folder is swapped out once the new one is
+    complete, then deleted.
+    """
+    target = Path(target)
+    if target.exists() and not replace:
         raise FileExistsError(f"{target} already exists")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
-        os.replace(tmp, target)
+        if not target.exists():
+            os.rename(tmp, target)
+        elif replace:
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old)  # onto an empty folder: allowed, and atomic
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            raise FileExistsError(f"{target} appeared meanwhile; not replacing it")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

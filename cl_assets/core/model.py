@@ -21,15 +21,14 @@ import json
 import logging
 import os
 import re
-import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager
 
+from cl_assets.core.files import atomic_directory
 from cl_assets.settings import EMBEDDED_BASE_MODEL, Settings
 
 if TYPE_CHECKING:
@@ -165,9 +164,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     log.info("Converting %s into %s (once; ~15 s on a laptop CPU)", gguf.name, target)
-    try:
+    with atomic_directory(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         # A GGUF-loaded model refuses save_pretrained (and training) while it still carries the
@@ -193,10 +191,6 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
             "seconds": round(time.perf_counter() - started, 2),
         }
         (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("Converted %s in %.1f s", gguf.name, time.perf_counter() - started)
     return target
 

@@ -14,17 +14,15 @@ import dataclasses
 import gc
 import json
 import logging
-import os
 import platform
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cl_assets.core.files import atomic_directory
 from cl_assets.core.snapshot import file_sha256
 from cl_assets.core.training.config import TrainConfig
 from cl_assets.core.training.data import SnapshotError, load_rows
@@ -147,10 +145,8 @@ def train_adapter(
             f"snapshot {snapshot_path} has sha256 {actual_sha}, not the registered {snapshot_sha256}: it was changed"
         )
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    # A folder that appears while we train is someone else's adapter: never replaced.
+    with atomic_directory(output_dir) as staging:
         result = _train_into(
             staging,
             rows=rows,
@@ -161,12 +157,6 @@ def train_adapter(
             parent_adapter=Path(parent_adapter) if parent_adapter is not None else None,
             progress=progress,
         )
-        if output_dir.exists():  # appeared while we trained: never replace someone else's adapter
-            raise FileExistsError(f"adapter folder {output_dir} appeared during training; not replacing it")
-        os.rename(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info(
         "adapter %s: %d steps, final loss %.4f, %.0f tokens/s, %.1f s (%s)",
         output_dir,
