@@ -136,6 +136,8 @@ def run(size: str = "small", model: str | None = None) -> Result:
             peft_swap_s.append(time.perf_counter() - started)
             del loaded, peft_model
 
+        base_before = engine.base_model
+
         # A restart of the chat: a new process importing the engine and constructing it.
         restart = common.run_json_subprocess(
             ["-c", _RESTART], env={"CL_HOME": tmp, "CL_BASE_MODEL": str(model_dir), "CL_USER_HASH_SALT": SALT})
@@ -173,7 +175,7 @@ def run(size: str = "small", model: str | None = None) -> Result:
             started = time.perf_counter()
             engine.refresh()  # no new deployment: one indexed query
             unchanged.append(time.perf_counter() - started)
-        base_loads = engine.base_loads
+        same_base = engine.base_model is base_before
         # Where a cold swap's time goes: C has never been loaded.
         registry.deploy(c, actor="bench", reason="profile")
         swap_profile, _ = common.profile_text(engine.refresh, limit=20, sort="cumulative")
@@ -200,7 +202,7 @@ def run(size: str = "small", model: str | None = None) -> Result:
     sw.add(f"warm swap to an adapter already loaded (median of {len(warm)})", median(warm), f"{reload_med / median(warm):.0f}×")
     sw.add("`AdapterSet.activate` alone", activate_s, f"{reload_med / activate_s:,.0f}×")
     sw.add("`engine.refresh()` with nothing new deployed", median(unchanged), f"{reload_med / median(unchanged):,.0f}×")
-    result.notes.append(f"The base model was loaded {base_loads} time(s) by the engine that swapped (it never reloads).")
+    result.notes.append(f"The engine that swapped served every state and swap from {'the same' if same_base else 'ANOTHER'} base model object (it never reloads).")
 
     result.data = {"restart_s": restart["seconds"], "reload_s": reload_s, "bare_reload_s": bare_s, "peft_hotswap_s": peft_swap_s, "cold_swap_s": cold_swap, "warm_swap_s": warm,
                    "activate_s": activate_s, "refresh_unchanged_s": unchanged, "states": states}

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cl_assets.defs.home import prepare_dagster_home
 from cl_assets.settings import Settings
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -36,15 +37,6 @@ def workspace_file(settings: Settings) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("load_from:\n  - python_module:\n      module_name: cl_assets.definitions\n      location_name: cl\n")
     return path
-
-
-def prepare_dagster_home(settings: Settings) -> Path:
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
-    return home
 
 
 @dataclass

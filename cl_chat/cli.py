@@ -5,13 +5,8 @@ Heavy imports (torch, transformers, gradio) happen inside, so `cl --help` stays 
 
 from __future__ import annotations
 
-import sys
-
 from cl_assets.settings import Settings
-
-
-class _Refused(RuntimeError):
-    pass
+from cl_chat.errors import Refused, user_errors
 
 
 def run_chat(settings: Settings, web: bool = False, host: str | None = None, port: int | None = None) -> None:
@@ -20,10 +15,7 @@ def run_chat(settings: Settings, web: bool = False, host: str | None = None, por
     Problems a user must fix (no model, wrong salt, bad CL_CHAT_AUTH) end the program with a
     one-line `error: …` and exit code 1 instead of a traceback.
     """
-    from cl_assets.core.identity import SaltMismatchError
-    from cl_assets.core.model import ModelError
-
-    try:
+    with user_errors():
         if web:
             from cl_chat.app import launch, parse_auth
             from cl_chat.engine import ChatEngine
@@ -31,14 +23,9 @@ def run_chat(settings: Settings, web: bool = False, host: str | None = None, por
             try:
                 parse_auth(settings)  # fail before spending seconds on the model
             except ValueError as exc:
-                raise _Refused(str(exc)) from None
+                raise Refused(str(exc)) from None
             launch(ChatEngine(settings), settings, host, port)
         else:
             from cl_chat.terminal import run_terminal
 
             run_terminal(settings)
-    except (ModelError, SaltMismatchError, _Refused) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")

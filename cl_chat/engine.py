@@ -166,7 +166,6 @@ class ChatEngine:
             loaded = model
         else:
             loaded = load_base_model(settings if model is None else model)
-        self.base_loads = 1  # the base is loaded here and nowhere else; tests assert it stays 1
         self.adapters = AdapterSet(loaded)
         self.model_version = Path(loaded.source).name[:128]
         self._serving: str | None = None

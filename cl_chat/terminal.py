@@ -111,9 +111,10 @@ def run_terminal(settings: Settings, engine: ChatEngine | None = None) -> None:
 
 def main() -> None:
     from cl_assets.settings import get_settings
-    from cl_chat.cli import run_chat
+    from cl_chat.errors import user_errors
 
-    run_chat(get_settings(), web=False)
+    with user_errors():
+        run_terminal(get_settings())
 
 
 if __name__ == "__main__":

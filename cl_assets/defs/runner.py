@@ -12,8 +12,9 @@ from typing import Any
 
 from dagster import DagsterInstance, materialize
 
+from cl_assets.defs.assets import ASSETS
+from cl_assets.defs.home import prepare_dagster_home
 from cl_assets.defs.partitions import snapshot_partitions
-from cl_assets.launcher import prepare_dagster_home
 from cl_assets.defs.resources import BaseModelResource, SettingsResource, StoreResource
 from cl_assets.settings import Settings
 
@@ -46,8 +47,6 @@ def run_steps(
     deploy_config: dict[str, Any] | None = None,
 ) -> CycleRun:
     """Materialize the chosen cycle steps for one snapshot partition; never raises on a failed run."""
-    from cl_assets.definitions import ASSETS
-
     unknown = set(steps) - set(STEP_ASSETS)
     if unknown:
         raise ValueError(f"unknown step(s) {sorted(unknown)}; choose from {list(STEP_ASSETS)}")

@@ -10,7 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from cl_assets.launcher import answers, prepare_dagster_home, start, stop
+from cl_assets.defs.home import prepare_dagster_home
+from cl_assets.launcher import answers, start, stop
 from tests.conftest import REPO, make_settings
 
 QUERY = """
