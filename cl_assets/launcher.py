@@ -1,6 +1,6 @@
 """Serve the Dagster UI and the chat together until Ctrl-C, then stop both and their children.
 
-`dagster dev` maps SIGTERM to its SIGINT handler, and a process started in the background of a
+`dg dev` (like `dagster dev`) maps SIGTERM to its SIGINT handler, and a process started in the background of a
 non-interactive shell inherits SIGINT ignored, so children get both signals reset to default
 and their own session; shutdown then signals each whole process group we started, by id.
 """
@@ -21,6 +21,8 @@ from cl_assets.defs.home import prepare_dagster_home
 from cl_assets.settings import Settings
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+#: `dg` (dagster-dg-cli) of this interpreter: `dg dev` is what `dagster dev` is superseded by.
+DG = [sys.executable, "-c", "from dagster_dg_cli.cli import main; main()"]
 
 
 def _reset_signals() -> None:
@@ -91,7 +93,7 @@ def serve(settings: Settings, *, dagster_port: int = 3000, chat_port: int | None
     services = [
         start(
             "Dagster UI",
-            [sys.executable, "-m", "dagster", "dev", "-w", str(workspace_file(settings)), "-h", host, "-p", str(dagster_port)],
+            [*DG, "dev", "-w", str(workspace_file(settings)), "-h", host, "-p", str(dagster_port)],
             f"http://{host}:{dagster_port}/server_info",
             env,
             settings.home,

@@ -70,6 +70,7 @@ def test_up_serves_ui_and_chat_and_ctrl_c_stops_everything(tmp_path: Path, tiny_
             proc.wait()
     assert proc.returncode == 0, output
     assert "first start: ingested" in output
+    assert "superseded" not in output.lower()  # `dg dev`, not the `dagster dev` Dagster now warns about
     time.sleep(1)
     assert [pid for pid in seen if _alive(pid)] == []
     assert not answers(urls[0]) and not answers(urls[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -73,3 +74,19 @@ def test_webserver_loads_all_assets_checks_and_sensors(tmp_path: Path) -> None:
     (repo,) = data["repositoriesOrError"]["nodes"]
     assert {s["name"] for s in repo["sensors"]} == {"feedback_sensor", "quality_sensor"}
     assert {"cycle_job", "rollback_job", "ingest_job"} <= {j["name"] for j in repo["jobs"]}
+
+
+def test_dg_loads_the_same_definitions_as_workspace_yaml(tmp_path: Path) -> None:
+    """`[tool.dg]` in pyproject.toml: `dg list defs` / `dg check defs` see the assets, checks and sensors."""
+    from cl_assets.launcher import DG
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CL_")}
+    env.update({"DAGSTER_HOME": str(prepare_dagster_home(make_settings(tmp_path))), "CL_HOME": str(tmp_path),
+                "CL_USER_HASH_SALT": "x", "COLUMNS": "200"})
+    checked = subprocess.run([*DG, "check", "defs"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0 and "All definitions loaded successfully" in checked.stdout, checked.stdout + checked.stderr
+    listed = subprocess.run([*DG, "list", "defs", "--json"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    text = listed.stdout
+    for name in ("curated_snapshot", "deployed_adapter", "snapshot_has_no_pii", "feedback_sensor", "quality_sensor", "cycle_job"):
+        assert name in text
