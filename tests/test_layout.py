@@ -1,9 +1,13 @@
-"""The rule that matters most for the layout: domain code imports neither Dagster nor Gradio."""
+"""The layout's rules: domain code imports neither Dagster nor Gradio, SQL stays in the store,
+the platform never depends on the chat, and no module imports one that imports it back."""
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from cl_assets.settings import Settings
 from tests.conftest import REPO
@@ -35,3 +39,126 @@ def test_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     missing = [name for name in Settings.model_fields if f"`CL_{name.upper()}`" not in readme]
     assert missing == []
+
+
+# -- the import graph of the project's own modules, read from the source ----------------------
+
+PACKAGES = ("cl_assets", "cl_chat")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """Project modules `name` imports anywhere (top level, in functions, under TYPE_CHECKING).
+
+    `from package import submodule` names the submodule; importing a module is not counted as
+    importing its parent packages (Python runs those first, but they are not what the code asks for).
+    """
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        for target in targets:
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in sorted(graph[node]):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles_among_project_modules() -> None:
+    graph = _graph()
+    assert len(graph) > 40 and "cl_assets.core.snapshot" in graph
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_platform_imports_the_chat_only_in_its_cli() -> None:
+    importers = {name for name, imported in _graph().items() if name.startswith("cl_assets") and any(i.startswith("cl_chat") for i in imported)}
+    assert importers <= {"cl_assets.cli"}
+
+
+def test_layers_point_down_only() -> None:
+    """core knows nothing above it; the Dagster glue never reaches for the assembly, the CLI or the launcher."""
+    above_core = ("cl_assets.defs", "cl_assets.definitions", "cl_assets.cli", "cl_assets.launcher", "cl_chat")
+    above_defs = ("cl_assets.definitions", "cl_assets.cli", "cl_assets.launcher", "cl_chat")
+    wrong = []
+    for name, imported in _graph().items():
+        for target in imported:
+            if (name.startswith("cl_assets.core") and target.startswith(above_core)) or (
+                name.startswith("cl_assets.defs") and target.startswith(above_defs)
+            ):
+                wrong.append(f"{name} -> {target}")
+    assert wrong == []
+
+
+_SQL = re.compile(r"^\s*(from|import)\s+sqlalchemy\b|\btext\(", re.MULTILINE)
+
+
+def test_sql_stays_in_the_store() -> None:
+    """`sqlalchemy` imports and `text(` only in core/store/ (and the Alembic migrations)."""
+    allowed = (REPO / "cl_assets" / "core" / "store", REPO / "cl_assets" / "migrations")
+    offenders = [
+        str(path.relative_to(REPO))
+        for package in PACKAGES
+        for path in (REPO / package).rglob("*.py")
+        if not any(path.is_relative_to(folder) for folder in allowed) and _SQL.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
+    assert _SQL.search("    from sqlalchemy import select\n") and _SQL.search('conn.execute(text("SELECT 1"))')
