@@ -162,3 +162,15 @@ def test_sql_stays_in_the_store() -> None:
     ]
     assert offenders == []
     assert _SQL.search("    from sqlalchemy import select\n") and _SQL.search('conn.execute(text("SELECT 1"))')
+
+
+def test_the_readme_and_architecture_page_name_only_files_that_exist() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    core = readme[readme.index("- `cl_assets/core/` — "):readme.index("- `cl_assets/defs/` — ")]
+    named = re.findall(r"`(\w+(?:\.py|/))`", core)
+    assert len(named) > 10
+    assert [n for n in named if not (REPO / "cl_assets" / "core" / n).exists()] == []
+    page = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    paths = set(re.findall(r"`((?:cl_assets|cl_chat|tests)/[\w/.<>-]+)`", page))
+    assert len(paths) > 5
+    assert [p for p in paths if "<" not in p and not (REPO / p).exists()] == []
