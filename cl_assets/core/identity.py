@@ -15,7 +15,6 @@ import secrets
 from typing import Any
 
 from cl_assets.core.pii import hash_user_id
-from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ class SaltMismatchError(RuntimeError):
     """The configured salt is not the one the stored user hashes were made with."""
 
 
-def resolve_salt(settings: Settings) -> str:
+def resolve_salt(settings: Any) -> str:
     """The configured salt, else the generated one in the data folder (created once, mode 0600)."""
     if settings.user_hash_salt is not None:
         value = settings.user_hash_salt.get_secret_value()
@@ -67,7 +66,7 @@ def check_salt(store: Any, salt: str) -> None:
 class UserHasher:
     """Hashes user ids with a checked salt."""
 
-    def __init__(self, settings: Settings, store: Any) -> None:
+    def __init__(self, settings: Any, store: Any) -> None:
         self._salt = resolve_salt(settings)
         check_salt(store, self._salt)
 
