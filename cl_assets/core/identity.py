@@ -7,6 +7,7 @@ label, which reveals nothing about the salt) and refuses to run with a different
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -14,12 +15,25 @@ import os
 import secrets
 from typing import Any
 
-from cl_assets.core.pii import hash_user_id
-
 log = logging.getLogger(__name__)
 
 _FINGERPRINT_LABEL = b"cl/salt-fingerprint/v1"
 FINGERPRINT_KEY = "user_hash_salt_fingerprint"
+
+
+def hash_user_id(user_id: str, salt: str) -> str:
+    """Pseudonymous user id: HMAC-SHA256 keyed by the salt, as 64 hex characters. Unlike
+    a plain digest it cannot be recomputed from a guessed id without the salt."""
+    mac = _keyed_hmac(salt).copy()
+    mac.update(user_id.encode("utf-8", "surrogatepass"))
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed_hmac(salt: str) -> hmac.HMAC:
+    """The HMAC state after the key, computed once per salt (a process uses one) and
+    copied for each id: the key schedule is most of the cost of hashing a short id."""
+    return hmac.new(salt.encode("utf-8", "surrogatepass"), digestmod=hashlib.sha256)
 
 
 class SaltMismatchError(RuntimeError):

@@ -24,7 +24,7 @@ from cl_assets.core.curation import (
     validate_snapshot,
 )
 from cl_assets.core.ingest import Ingestor
-from cl_assets.core.pii import hash_user_id
+from cl_assets.core.identity import hash_user_id
 from cl_assets.core.store import Store
 from cl_assets.settings import Settings
 from tests.conftest import REPO

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cl_assets.core.pii import PII_TYPES, Finding, Sanitized, find_pii, hash_user_id, sanitize
+from cl_assets.core.identity import hash_user_id
+from cl_assets.core.pii import PII_TYPES, Finding, Sanitized, find_pii, sanitize
 
 # --------------------------------------------------------------------------- positives
 

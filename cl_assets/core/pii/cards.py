@@ -1,0 +1,61 @@
+"""CREDIT_CARD: Luhn-valid numbers of a card's length and layout."""
+
+from __future__ import annotations
+
+import re
+
+from cl_assets.core.pii.context import _continues_code, _labelled_not_pii
+from cl_assets.core.pii.model import Span
+
+
+_CARD = re.compile(
+    r"[0-9](?<![\w][0-9])(?:"
+    r"[0-9]{3}(?P<sep>[ -])[0-9]{3,6}(?:(?P=sep)[0-9]{1,6}){1,3}"  # 4-4-4-4, 4-6-5, 4-4-4-4-3
+    r"|[0-9]{12,18}"
+    r")(?![\w])"
+)
+_DOUBLED = str.maketrans("0123456789", "0246813579")  # digit -> digit sum of its double
+
+
+def _luhn_ok(digits: str) -> bool:
+    """The Luhn check every payment card number carries."""
+    return (sum(map(int, digits[-1::-2])) + sum(map(int, digits[-2::-2].translate(_DOUBLED)))) % 10 == 0
+
+
+def _card_number_ok(digits: str) -> bool:
+    """13-19 digits, an issuer's first digit (1-6: airlines, Amex, Visa, Mastercard,
+    Discover, ...), not a 13-digit millisecond timestamp (1xxxxxxxxxxxx), Luhn-valid."""
+    return (
+        13 <= len(digits) <= 19
+        and "1" <= digits[0] <= "6"
+        and not (len(digits) == 13 and digits[0] == "1")
+        and _luhn_ok(digits)
+    )
+
+
+def _card(m: re.Match[str]) -> Span | None:
+    """A valid number; in a run of groups, the longest valid prefix of the run whose
+    layout is a card's (4 digits first, then groups of 3-6, the last may be short)."""
+    text, start, s, sep = m.string, m.start(), m.group(), m.group("sep")
+    if sep is None:
+        if not _card_number_ok(s):
+            return None
+        end = m.end()
+    else:
+        groups = s.split(sep)
+        for size in range(len(groups), 1, -1):
+            window = groups[:size]
+            if all(3 <= len(g) <= 6 for g in window[1:-1]) and _card_number_ok("".join(window)):
+                end = start + len(sep.join(window))
+                break
+        else:
+            return None
+        if _continues_code(text, start, digit_group=False):
+            return None
+    return None if _labelled_not_pii(text, start) else (start, end)
+
+
+def _card_resume(m: re.Match[str]) -> int:
+    """After a rejected run of groups, retry from its second group: a card may start there."""
+    sep = m.group("sep")
+    return m.end() if sep is None else m.start() + m.group().index(sep) + 1
