@@ -8,7 +8,6 @@ import re
 from cl_assets.core.pii.context import _has_digit, _labelled_not_pii
 from cl_assets.core.pii.model import Span
 
-
 _IPV4 = re.compile(
     r"[0-9](?<![\w.][0-9])[0-9]{0,2}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![\w]|\.[0-9])"
     r"(?:/(?P<prefix>[0-9]{1,3})(?![0-9]))?"

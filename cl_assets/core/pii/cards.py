@@ -7,11 +7,10 @@ import re
 from cl_assets.core.pii.context import _continues_code, _labelled_not_pii
 from cl_assets.core.pii.model import Span
 
-
 _CARD = re.compile(
     r"[0-9](?<![\w][0-9])(?:"
     r"[0-9]{3}(?P<sep>[ -])[0-9]{3,6}(?:(?P=sep)[0-9]{1,6}){1,3}"  # 4-4-4-4, 4-6-5, 4-4-4-4-3
-    r"|[0-9]{12,18}"
+    r"|[0-9]{11,18}"
     r")(?![\w])"
 )
 _DOUBLED = str.maketrans("0123456789", "0246813579")  # digit -> digit sum of its double
@@ -22,15 +21,23 @@ def _luhn_ok(digits: str) -> bool:
     return (sum(map(int, digits[-1::-2])) + sum(map(int, digits[-2::-2].translate(_DOUBLED)))) % 10 == 0
 
 
+# Issuer ranges beyond the first digits 1-6 (airlines, Amex, Visa, Mastercard, Discover,
+# JCB, Diners, UnionPay 62): Maestro is 12-19 digits, UnionPay also starts with 81 and
+# Ukraine's Prostir with 9 (16 digits).
+_MAESTRO = ("50", "56", "57", "58", "59", "60", "61", "62", "63", "64", "65", "66", "67", "68", "69", "0604")
+
+
 def _card_number_ok(digits: str) -> bool:
-    """13-19 digits, an issuer's first digit (1-6: airlines, Amex, Visa, Mastercard,
-    Discover, ...), not a 13-digit millisecond timestamp (1xxxxxxxxxxxx), Luhn-valid."""
-    return (
-        13 <= len(digits) <= 19
-        and "1" <= digits[0] <= "6"
-        and not (len(digits) == 13 and digits[0] == "1")
-        and _luhn_ok(digits)
-    )
+    """12-19 digits in an issuer's range, not a 13-digit millisecond timestamp
+    (1xxxxxxxxxxxx), Luhn-valid."""
+    n = len(digits)
+    if n == 12 or digits[0] == "0":
+        issued = 12 <= n <= 19 and digits.startswith(_MAESTRO)
+    elif n == 13:
+        issued = "2" <= digits[0] <= "6"
+    else:
+        issued = 13 < n <= 19 and ("1" <= digits[0] <= "6" or digits.startswith("81") or (digits[0] == "9" and n == 16))
+    return issued and _luhn_ok(digits)
 
 
 def _card(m: re.Match[str]) -> Span | None:

@@ -6,7 +6,6 @@ import re
 
 from cl_assets.core.pii.model import PII_TYPES
 
-
 # A number right after one of these labels names a thing, not a person.
 _NOT_PII_LABELS = frozenset({
     "isbn", "issn", "ean", "upc", "gtin", "asin", "imei", "iccid", "meid", "order", "ord", "lot", "batch", "invoice",
@@ -17,9 +16,9 @@ _LABEL_NUMBER_WORDS = frozenset(("no", "nr", "num", "number", "id"))
 _LABEL_SEPARATORS = " \t\r\n#:."
 
 
-def _labelled_not_pii(text: str, start: int) -> bool:
+def _labelled_not_pii(text: str, start: int, labels: frozenset[str] = _NOT_PII_LABELS) -> bool:
     """True if the candidate at `start` directly follows a non-PII label such as "ISBN",
-    "Order No." or "version": those numbers identify things, not people."""
+    "Order No." or "version" (or another of `labels`): those numbers identify things."""
     head = text[max(0, start - 32) : start].rstrip(_LABEL_SEPARATORS)
     if not head or not head[-1].isalnum():
         return False
@@ -30,7 +29,7 @@ def _labelled_not_pii(text: str, start: int) -> bool:
     word = word.lstrip("([{\"'")
     if word.startswith(("isbn", "issn")):  # "ISBN-13", "isbn10"
         word = word[:4]
-    return word in _NOT_PII_LABELS
+    return word in labels
 
 
 def _said_before(words: re.Pattern[str], text: str, start: int, reach: int) -> bool:
@@ -115,8 +114,8 @@ def _has_digit(s: str) -> bool:
 
 
 def _digit_count(s: str) -> int:
-    """Digits in a candidate made of ASCII digits and the separators " -.()+"."""
-    return len(s.encode().translate(None, b" -.()+"))
+    """Digits in a candidate made of ASCII digits and the separators " -.()+/"."""
+    return len(s.encode().translate(None, b" -.()+/"))
 
 
 

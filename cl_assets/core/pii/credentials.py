@@ -7,7 +7,6 @@ import re
 from cl_assets.core.pii.context import _has_digit, _word_before
 from cl_assets.core.pii.model import Span
 
-
 _TOKEN_SHAPES = (
     r"sk-[A-Za-z0-9_-]{20,}+",  # OpenAI / Anthropic style (sk-..., sk-proj-..., sk-ant-...)
     r"sk_(?:live|test)_[A-Za-z0-9]{16,}+",  # Stripe secret key

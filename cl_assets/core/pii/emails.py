@@ -6,7 +6,6 @@ import re
 
 from cl_assets.core.pii.model import Span
 
-
 # Scanned from the "@" (rare in text, so `re` skips to it); the local part is then found
 # backwards with `_EMAIL_LOCAL` on the at most 64 characters before it.
 _EMAIL = re.compile(r"@(?:[^\W_][\w-]{0,62}\.){1,126}(?:[Xx][Nn]--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})(?![\w-])")

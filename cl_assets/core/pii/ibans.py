@@ -6,7 +6,6 @@ import re
 
 from cl_assets.core.pii.model import Span
 
-
 # ISO 13616 registry: country code -> IBAN length.
 _IBAN_LENGTH = {
     "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22,
@@ -22,18 +21,24 @@ _IBAN_LENGTH = {
 }  # fmt: skip
 # Anchored on the check digits (digits are rarer than letters): two letters that start a
 # word, then the two digits.
-_IBAN = re.compile(r"[0-9](?<=(?<![\w])[A-Za-z]{2}[0-9])[0-9](?:[ -]?[A-Za-z0-9]){11,34}")
+_IBAN = re.compile(r"[0-9](?<=(?<![\w])[A-Za-z]{2}[0-9])[0-9](?:[ -]?[A-Za-z0-9]){10,34}")
 _IBAN_TO_DIGITS = str.maketrans({chr(c): str(c - 55) for c in range(ord("A"), ord("Z") + 1)})
 
 
 def _iban(m: re.Match[str]) -> Span | None:
     """Exactly the country's number of characters (spaces or dashes between them allowed),
-    ending at a word boundary, in one letter case, with the mod-97 checksum equal to 1."""
+    ending at a word boundary, in one letter case, with the mod-97 checksum equal to 1.
+    Where the country or the length is not the registry's, an unspaced capital code of
+    14-34 characters with a valid checksum still counts: an invented or mistyped IBAN
+    (as generators and people produce) is account data all the same."""
     text, start = m.string, m.start() - 2
     s = text[start : m.end()]
     length = _IBAN_LENGTH.get(s[:2].upper())
-    if length is None:
-        return None
+    span = None if length is None else _registered(text, start, s, length)
+    return span if span is not None else _unregistered(text, start)
+
+
+def _registered(text: str, start: int, s: str, length: int) -> Span | None:
     chars: list[str] = []
     end = 0
     for i, ch in enumerate(s):
@@ -50,7 +55,16 @@ def _iban(m: re.Match[str]) -> Span | None:
     iban = "".join(chars)
     if not (iban.isupper() or iban.islower()) and not iban[4:].isdigit():
         return None  # "LV80 bANK ...": an IBAN is written in one case
-    iban = iban.upper()
-    if int((iban[4:] + iban[:4]).translate(_IBAN_TO_DIGITS)) % 97 != 1:
-        return None
-    return (start, stop)
+    return (start, stop) if _checksum_ok(iban.upper()) else None
+
+
+_UNSPACED = re.compile(r"[A-Z]{2}[0-9]{2}[A-Z0-9]{10,30}(?![\w])")
+
+
+def _unregistered(text: str, start: int) -> Span | None:
+    m = _UNSPACED.match(text, start)
+    return m.span() if m is not None and _checksum_ok(m.group()) else None
+
+
+def _checksum_ok(iban: str) -> bool:
+    return int((iban[4:] + iban[:4]).translate(_IBAN_TO_DIGITS)) % 97 == 1

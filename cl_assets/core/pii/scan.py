@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from cl_assets.core.pii.addresses import _IPV4, _IPV6, _ipv4, _ipv6, _ipv6_possible
 from cl_assets.core.pii.cards import _CARD, _card, _card_resume
 from cl_assets.core.pii.context import _glued_to_placeholder, _lowercase
-from cl_assets.core.pii.credentials import _ASSIGNMENT, _BEARER, _PEM, _SECRET_TOKEN, _assignment, _bearer, _pem, _token
+from cl_assets.core.pii.credentials import (
+    _ASSIGNMENT,
+    _BEARER,
+    _PEM,
+    _SECRET_TOKEN,
+    _assignment,
+    _bearer,
+    _pem,
+    _token,
+)
 from cl_assets.core.pii.emails import _EMAIL, _email
 from cl_assets.core.pii.ibans import _IBAN, _iban
 from cl_assets.core.pii.model import _RANK, Candidate, Span
@@ -25,6 +34,8 @@ from cl_assets.core.pii.phones import (
     _phone_natl,
 )
 from cl_assets.core.pii.ssns import _SSN, _SSN_BARE, _ssn, _ssn_in_context
+from cl_assets.core.pii.view import detection_view
+
 
 @dataclass(frozen=True, slots=True)
 class _Detector:
@@ -77,14 +88,6 @@ def _names_an_ssn(low: str) -> bool:
     return "ssn" in low or "social" in low or ("ss" in low and "#" in low)
 
 
-def _names_a_phone(low: str) -> bool:
-    """What `_PHONE_WORD` and `_MY_NUMBER` look for."""
-    return (
-        "phone" in low or "tel" in low or "mobile" in low or "cell" in low or "fax" in low or "whatsapp" in low
-        or "sms" in low or "call" in low or "number" in low
-    )  # fmt: skip
-
-
 _DETECTORS: tuple[_Detector, ...] = (
     _Detector("SECRET", _SECRET_TOKEN, _token, needs=_may_hold_token),
     _Detector("SECRET", _PEM, _pem, needs=lambda text: "-----BEGIN " in text),
@@ -93,14 +96,14 @@ _DETECTORS: tuple[_Detector, ...] = (
     _Detector("EMAIL", _EMAIL, _email, needs=lambda text: "@" in text),
     _Detector("IBAN", _IBAN, _iban, text_digits=2),  # the check digits
     _Detector("IP_ADDRESS", _IPV6, _ipv6, needs=_ipv6_possible, text_digits=1),  # see `_ipv6`
-    _Detector("CREDIT_CARD", _CARD, _card, min_digits=13, resume=_card_resume),
+    _Detector("CREDIT_CARD", _CARD, _card, min_digits=12, resume=_card_resume),
     _Detector("SSN", _SSN, _ssn, min_digits=9),
     _Detector("SSN", _SSN_BARE, _ssn_in_context, min_digits=9, keywords=_names_an_ssn),
     _Detector("IP_ADDRESS", _IPV4, _ipv4, min_digits=4, needs=lambda run: run.count(".") >= 3),
     _Detector("PHONE", _PHONE_NANP, _phone_nanp, min_digits=10),
     _Detector("PHONE", _PHONE_INTL, _phone_intl, min_digits=8, needs=lambda run: "+" in run),
     _Detector("PHONE", _PHONE_NATL, _phone_natl, min_digits=9, needs=_may_start_national),
-    _Detector("PHONE", _PHONE_BARE, _phone_in_context, min_digits=7, keywords=_names_a_phone),
+    _Detector("PHONE", _PHONE_BARE, _phone_in_context, min_digits=7),
 )
 _TEXT_DETECTORS = tuple(d for d in _DETECTORS if not d.min_digits)
 _NUMERIC_DETECTORS = tuple(d for d in _DETECTORS if d.min_digits)
@@ -109,7 +112,7 @@ _NUMERIC_DETECTORS = tuple(d for d in _DETECTORS if d.min_digits)
 # "+" or "(" that does not continue a word. Every numeric detector's match (bar a phone
 # extension's letters) lies inside one, so those detectors only run there: most texts
 # have no such run at all.
-_ISLAND = re.compile(r"[+(0-9](?<![\w][+(0-9])[-0-9(). /+]{6,}")
+_ISLAND = re.compile(r"[+(0-9](?<![0-9_][+(0-9])[-0-9(). /+]{6,}")
 _ISLAND_SEPARATORS = b" -.()/+"
 _ISLAND_MIN_DIGITS = 4
 _ASCII_DIGITS = b"0123456789"
@@ -201,6 +204,15 @@ def _find(text: str) -> list[Candidate]:
     block their neighbours (see `_glued_to_placeholder`) as the values they replace did."""
     if not isinstance(text, str):
         raise TypeError(f"expected str, got {type(text).__name__}")
+    view, back = detection_view(text)
+    found = _find_in_view(view)
+    if back is None:
+        return found
+    return [(*back(s, e), kind) for s, e, kind in found]
+
+
+def _find_in_view(text: str) -> list[Candidate]:
+    """`_find` on the detection view (see `view.py`)."""
     subject = text
     found: list[Candidate] = []
     origin: Callable[[int], int] | None = None

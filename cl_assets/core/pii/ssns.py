@@ -7,7 +7,6 @@ import re
 from cl_assets.core.pii.context import _labelled_not_pii, _said_before
 from cl_assets.core.pii.model import Span
 
-
 _SSN = re.compile(r"[0-9](?<![\w.-][0-9])[0-9]{2}(?P<sep>[-. ])[0-9]{2}(?P=sep)[0-9]{4}(?![\w]|[-.][0-9])")
 _SSN_BARE = re.compile(r"[0-9](?<![\w.-][0-9])[0-9]{8}(?![\w]|[-.][0-9])")
 _SSN_WORD = re.compile(r"(?:ssn|ss ?#|social\s+security(?:\s+(?:number|no\.?|#))?)[^0-9\]]{0,24}\Z")
