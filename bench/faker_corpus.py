@@ -84,7 +84,7 @@ CONTEXTS: tuple[tuple[str, Callable[[str], str], str, str], ...] = (
     ("JSON in text", _json_char, 'event={"level": "info", "msg": "{}"}', ""),
     ("JSON escaped twice, multi-line", _json_twice, 'payload: "{\\"msg\\": \\"{}\\"}"', "Details:\n"),
     ("HTML", _html, "<p>{}</p>", ""),
-    ("URL query", _url, "GET /contact?note={}&lang=en", ""),
+    ("URL query", _url, "GET /feedback?note={}&lang=en", ""),
 )
 
 
@@ -132,4 +132,80 @@ def faker_corpus(n: int, seed: int = 11, kinds: tuple[str, ...] = tuple(TEMPLATE
         shown = encode(value)
         text = head + shown + encode(after) + frame_after
         out.append(Labelled(text, [(len(head), len(head) + len(shown), kind)]))
+    return out
+
+
+# --------------------------------------------------------------------------- look-alikes
+
+LOOKALIKE_TEMPLATES: dict[str, list[str]] = {
+    "price": ["The total was {}.", "It costs {} incl. VAT", "Refund of {} issued", "{} per case"],
+    "date": ["Delivered on {}.", "Your appointment: {}", "Invoice dated {}", "{} was the last order"],
+    "time": ["See you at {}.", "Opening hours {}", "The run finished at {}", "Pickup {} sharp"],
+    "version": ["Upgrade to version {}.", "running v{} now", "Release {} fixed it", "app build {}"],
+    "order id": ["Where is order {}?", "Order #{} still says processing.", "order no. {} shipped", "Ref {}"],
+    "SKU": ["SKU {} is out of stock.", "item {} back in stock", "Part {} fits?", "art. {}"],
+    "lot number": ["Lot {} arrives Monday.", "batch {} was recalled", "LOT: {}", "from lot {} only"],
+    "quantity": ["I would like {} please.", "We sold {} last week.", "Send {}", "{} in the warehouse"],
+    "Luhn-invalid 16 digits": ["The reference on the pallet reads {}.", "card {} was refused as invalid",
+                               "code {} did not scan"],
+    "year": ["Back in {} we opened.", "the {} harvest", "Since {}", "{} to {} were good years"],
+    "postal code": ["Ship to ZIP {}.", "Postcode: {}", "PLZ {} Berlin", "my area is {}, is it covered?"],
+}
+
+
+def _luhn_invalid(rng: random.Random) -> str:
+    from faker.providers.credit_card import Provider
+
+    digits = [rng.choice("3456")] + [rng.choice("0123456789") for _ in range(14)]
+    body = "".join(digits)
+    total = sum(int(d) if i % 2 else (2 * int(d) - 9 if int(d) > 4 else 2 * int(d)) for i, d in
+                enumerate(reversed(body)))
+    check = (10 - total % 10) % 10
+    bad = str((check + rng.randint(1, 9)) % 10)
+    number = body + bad
+    del Provider
+    return number if rng.random() < 0.5 else " ".join(number[i : i + 4] for i in range(0, 16, 4))
+
+
+def _lookalike(fake, kind: str, rng: random.Random) -> str:  # type: ignore[no-untyped-def]
+    if kind == "price":
+        return fake.pricetag()
+    if kind == "date":
+        return fake.date(pattern=rng.choice(["%Y-%m-%d", "%d.%m.%Y", "%m/%d/%Y", "%d/%m/%Y", "%d %B %Y"]))
+    if kind == "time":
+        return fake.time(pattern=rng.choice(["%H:%M", "%H:%M:%S", "%I:%M %p"])) + (
+            f"-{fake.time(pattern='%H:%M')}" if rng.random() < 0.3 else "")
+    if kind == "version":
+        return ".".join(str(rng.randint(0, 20)) for _ in range(rng.randint(2, 4)))
+    if kind == "order id":
+        return rng.choice([str(rng.randint(10**5, 10**10)), f"ORD-{fake.year()}-{rng.randint(1, 99999):05d}",
+                           fake.bothify("??-########").upper()])
+    if kind == "SKU":
+        return rng.choice([fake.bothify("??-???-###").upper(), fake.ean13(), fake.bothify("###-####-##")])
+    if kind == "lot number":
+        return rng.choice([str(rng.randint(1, 99999)), fake.bothify("L##-####"), f"{fake.year()}/{rng.randint(1, 999):03d}"])
+    if kind == "quantity":
+        return rng.choice([f"{rng.randint(2, 500)} x {rng.choice([250, 500, 1000])} g", f"{rng.randint(1, 99999):,} units",
+                           f"{rng.randint(2, 40)} cases", f"{rng.randint(1, 20)} kg"])
+    if kind == "Luhn-invalid 16 digits":
+        return _luhn_invalid(rng)
+    if kind == "year":
+        return fake.year()
+    return fake.postcode()
+
+
+def lookalike_corpus(n: int, seed: int = 13) -> list[tuple[str, str]]:
+    """`n` (category, text) pairs with a value that is not PII; values from Faker where it
+    has a generator (prices, dates, times, EAN-13s, postcodes of the 36 locales)."""
+    rng = random.Random(seed)
+    fakers = {loc: _faker(loc, seed + i) for i, loc in enumerate(LOCALES)}
+    kinds = list(LOOKALIKE_TEMPLATES)
+    out = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        fake = fakers[LOCALES[(i // len(kinds)) % len(LOCALES)]]
+        template = rng.choice(LOOKALIKE_TEMPLATES[kind])
+        text = template.replace("{}", _lookalike(fake, kind, rng), 1).replace("{}", _lookalike(fake, kind, rng))
+        _, encode, frame, line = rng.choice(CONTEXTS)
+        out.append((kind, frame.replace("{}", encode(line + text))))
     return out

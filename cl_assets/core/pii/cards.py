@@ -52,12 +52,15 @@ def _card(m: re.Match[str]) -> Span | None:
         groups = s.split(sep)
         for size in range(len(groups), 1, -1):
             window = groups[:size]
-            if all(3 <= len(g) <= 6 for g in window[1:-1]) and _card_number_ok("".join(window)):
+            number = "".join(window)
+            if len(number) == 12 and size < len(groups):
+                continue  # a 12-digit card is a whole run, not the head of a 16-digit one
+            if all(3 <= len(g) <= 6 for g in window[1:-1]) and _card_number_ok(number):
                 end = start + len(sep.join(window))
                 break
         else:
             return None
-        if _continues_code(text, start, digit_group=False):
+        if _continues_code(text, start, digit_group=len(number) == 12):  # a 12-digit card is no run's tail
             return None
     return None if _labelled_not_pii(text, start) else (start, end)
 

@@ -10,10 +10,11 @@ from cl_assets.core.pii.model import PII_TYPES
 _NOT_PII_LABELS = frozenset({
     "isbn", "issn", "ean", "upc", "gtin", "asin", "imei", "iccid", "meid", "order", "ord", "lot", "batch", "invoice",
     "inv", "sku", "item", "part", "tracking", "ref", "reference", "po", "version", "ver", "v", "build", "release",
-    "rev", "revision", "firmware", "fw", "model", "patch",
+    "rev", "revision", "firmware", "fw", "model", "patch", "art", "article", "artikel", "code",
 })  # fmt: skip
 _LABEL_NUMBER_WORDS = frozenset(("no", "nr", "num", "number", "id"))
 _LABEL_SEPARATORS = " \t\r\n#:."
+_WORD = re.compile(r"[^\W_]+")
 
 
 def _labelled_not_pii(text: str, start: int, labels: frozenset[str] = _NOT_PII_LABELS) -> bool:
@@ -22,12 +23,11 @@ def _labelled_not_pii(text: str, start: int, labels: frozenset[str] = _NOT_PII_L
     head = text[max(0, start - 32) : start].rstrip(_LABEL_SEPARATORS)
     if not head or not head[-1].isalnum():
         return False
-    words = head.lower().rsplit(None, 2)
+    words = _WORD.findall(head.lower())  # "<p>Ref", "(order": the word, not the markup
     word = words[-1]
-    if word in _LABEL_NUMBER_WORDS and len(words) > 1:  # "order no. 123", "item number 5"
-        word = words[-2].rstrip(_LABEL_SEPARATORS)
-    word = word.lstrip("([{\"'")
-    if word.startswith(("isbn", "issn")):  # "ISBN-13", "isbn10"
+    if len(words) > 1 and (word in _LABEL_NUMBER_WORDS or (word.isdigit() and words[-2] in ("isbn", "issn"))):
+        word = words[-2]  # "order no. 123", "item number 5", "ISBN-13: ..."
+    if word.startswith(("isbn", "issn")):  # "isbn10"
         word = word[:4]
     return word in labels
 
@@ -48,8 +48,8 @@ def _said_before(words: re.Pattern[str], text: str, start: int, reach: int) -> b
 
 
 _DATE_SHAPE = re.compile(
-    r"(?:[0-3]?[0-9](?P<s1>[-./])[0-3]?[0-9](?P=s1)(?:19|20)[0-9]{2}"  # 15.03.2024, 03/15/2024
-    r"|(?:19|20)[0-9]{2}(?P<s2>[-./])[01]?[0-9](?P=s2)[0-3]?[0-9])(?![0-9])"  # 2024-03-15
+    r"(?:[0-3]?[0-9](?P<s1>[-./])[0-3]?[0-9](?P=s1)(?:19|20|25)[0-9]{2}"  # 15.03.2024, 03/15/2024
+    r"|(?:19|20|25)[0-9]{2}(?P<s2>[-./])[01]?[0-9](?P=s2)[0-3]?[0-9])(?![0-9])"  # 2024-03-15
 )
 
 

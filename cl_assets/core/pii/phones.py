@@ -98,7 +98,7 @@ def _phone_in_context(m: re.Match[str]) -> Span | None:
     if not 7 <= digits <= 15 or _starts_like_date(s):
         return None
     if _said_before(_PHONE_WORD, text, start, 48) or _my_number_before(text, start) or _said_after(text, m.end()):
-        return m.span()
+        return None if _labelled_not_pii(text, start, _NOT_PHONE_NUMBERS) else m.span()
     number = s.translate(_KEEP_DIGITS)
     if number.startswith("00") and not _word_before(text, start) and not _labelled_not_pii(text, start):
         # The international call prefix of most countries: "00420 729 792 950".
