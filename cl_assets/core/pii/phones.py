@@ -42,7 +42,7 @@ _PHONE_BARE = re.compile(r"[+(0-9](?<![\w+][+(0-9])[-0-9(). /]{5,28}[0-9](?![0-9
 # lowercased text, as whole words (the boundary in front is checked by `_said_before`).
 PHONE_WORDS = (
     "phone", "telephone", "tel", "mobile", "cell", "cellphone", "fax", "whatsapp", "sms", "call", "ring", "text",
-    "reach", "contact", "dial", "téléphone", "tél", "portable", "telefon", "telefonnummer", "handy", "mobil",
+    "reach", "contact", "dial", "answering", "téléphone", "tél", "portable", "telefon", "telefonnummer", "handy", "mobil",
     "kontakt", "rufnummer", "teléfono", "telefono", "telefone", "telemóvel", "móvil", "movil", "celular", "número",
     "numero", "contacto", "contatto", "cellulare", "nummer", "numer", "puhelin", "gsm", "tlf", "telefoon",
     "телефон", "тел", "моб", "電話", "携帯", "电话", "手机", "전화", "휴대폰", "טלפון",
@@ -105,21 +105,21 @@ def _phone_in_context(m: re.Match[str]) -> Span | None:
         return m.span() if possible_international(number[2:]) else None
     if not _may_stand_alone(text, start, s, digits):
         return None
-    return m.span() if _valid_somewhere(number) else None
+    return m.span() if digits == 7 or _valid_somewhere(number) else None  # 7: a US local number, no region of its own
 
 
 def _may_stand_alone(text: str, start: int, s: str, digits: int) -> bool:
     """Without a phone word, only a number shaped like one is validated: 10-12 digits
-    unseparated, or 9-12 grouped (8 in four groups, 13 after a trunk "(0") by spaces,
-    dashes or slashes (dotted runs are versions and addresses); not an SSN or ZIP+4
+    unseparated, or 8-12 grouped (13 after a trunk "(0"; 7 as a US local "668 5702") by
+    spaces, dashes or slashes (dotted runs are versions and addresses); not an SSN, ZIP+4 or CEP
     shape, not labelled as a thing's number, not glued to a word, not the tail of a code
     ("ORD-2024-00017", "GB82 WEST 1234 ...")."""
     separators = s.translate(_KEEP_SEPARATORS).replace("(", "").replace(")", "")
     seps = set(separators)
-    fewest = 10 if not seps else 9 if len(separators) < 3 else 8  # "25 85 38 52"
+    fewest = 10 if not separators else 7 if _LOCAL_NANP.match(s) else 8  # US local: "668 5702"
     if "." in seps or len(seps) > 2 or seps == {"-", "/"} or not fewest <= digits <= (13 if s[:2] == "(0" else 12):
         return False
-    if _SSN_SHAPE.match(s) or _ZIP4.match(s) or _labelled_not_pii(text, start, _NOT_PHONE_NUMBERS):
+    if _SSN_SHAPE.match(s) or _POSTCODE.match(s) or _labelled_not_pii(text, start, _NOT_PHONE_NUMBERS):
         return False
     if _word_before(text, start) or _code_tail(text, start) or _continues_code(text, start, digit_group=True):
         return False
@@ -136,7 +136,9 @@ def _said_after(text: str, end: int) -> bool:
     return _PHONE_WORD_AFTER.match(_lowercase(text[end : end + 32])) is not None
 
 
-_ZIP4 = re.compile(r"[0-9]{5}-[0-9]{4}\Z")
+# "668 5702"; with a dash it is as often a Japanese postcode (318-5074).
+_LOCAL_NANP = re.compile(r"[2-9][0-9]{2} [0-9]{4}\Z")
+_POSTCODE = re.compile(r"[0-9]{5}-[0-9]{3,4}\Z")  # Brazil's CEP, the US ZIP+4
 _KEEP_DIGITS = str.maketrans("", "", " -.()+/")
 _KEEP_SEPARATORS = str.maketrans("", "", "0123456789")
 # Regions whose numbers are recognised without a phone word; numbers of any region are
@@ -177,7 +179,7 @@ _MY_NUMBER = re.compile(r"my\s+(?:([a-z]{1,12})\s+)?number\b[^0-9\]]{0,12}\Z")
 _NOT_PHONE_NUMBERS = _NOT_PII_LABELS | frozenset({
     "account", "card", "credit", "debit", "customer", "member", "membership", "policy", "case", "ticket", "routing",
     "confirmation", "booking", "reservation", "serial", "license", "passport", "tax", "social", "security", "ssn",
-    "id", "bank", "iban", "tracking",
+    "id", "bank", "iban", "tracking", "zip", "postcode", "postal", "plz", "cep",
 })  # fmt: skip
 
 
