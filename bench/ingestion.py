@@ -117,6 +117,7 @@ def _settings(home: Path) -> Any:
 def time_import(rows: list[dict[str, Any]], repeat: int) -> tuple[float, dict[str, Any]]:
     """Median seconds of `Ingestor.import_jsonl` into a fresh store, and the last report."""
     from cl_assets.core.ingest import Ingestor
+    from cl_assets.core.pii.phones import clear_caches
 
     times, report = [], None
     for _ in range(repeat):
@@ -125,6 +126,7 @@ def time_import(rows: list[dict[str, Any]], repeat: int) -> tuple[float, dict[st
             source = home / "import.jsonl"
             source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
             ingestor = Ingestor(_settings(home))
+            clear_caches()
             started = time.perf_counter()
             report = ingestor.import_jsonl(source)
             times.append(time.perf_counter() - started)
@@ -218,6 +220,7 @@ def run(size: str = "small") -> Result:
     cfg = SIZES[size]
     result = Result("ingestion", "1. Ingestion: CL sanitize + store vs Presidio analyzer + anonymizer", size)
     from cl_assets.core.pii import sanitize
+    from cl_assets.core.pii.phones import clear_caches
 
     corpora: dict[str, list[Labelled]] = {
         "generated": generated_corpus(cfg["generated"]),
@@ -341,6 +344,7 @@ def run(size: str = "small") -> Result:
 
         sanitize_times = []
         for _ in range(cfg["repeat"]):
+            clear_caches()
             started = time.perf_counter()
             for t in pair_texts:
                 sanitize(t)

@@ -149,6 +149,13 @@ REGIONS = (
 )  # fmt: skip
 
 
+def clear_caches() -> None:
+    """Forget the numbers validated so far (benchmarks time a cold cache: new text holds
+    new numbers)."""
+    _valid_somewhere.cache_clear()
+    possible_international.cache_clear()
+
+
 @functools.lru_cache(maxsize=4096)
 def _valid_somewhere(digits: str) -> bool:
     """libphonenumber (`phonenumbers`) says the national number is valid in a region."""
