@@ -1,13 +1,13 @@
 """PII values nobody here wrote: Faker's, embedded in sentences and in escaped contexts.
 
-The values (phone numbers of 24 locales, cards of every provider Faker has, IBANs, US SSNs,
+The values (phone numbers of 37 locales, cards of every provider Faker has (the default
+set and the Russian, Portuguese, Ukrainian, Chinese and Iranian ones), IBANs, US SSNs,
 IPv4/IPv6 and e-mails) come from Faker (PyPI `faker`), seeded; the sentences they sit in
-are our own templates, kept short and varied, half of them without a word such as "phone"
-that would name the value. Each text is then put in one of the contexts logs and chat
+are our own templates, short and varied; most phone sentences name the number ("call",
+"Telefon", "WhatsApp", ...), one ("I'm on ... until Friday") does not. Each text is then put in one of the contexts logs and chat
 exports hold: plain, multi-line (the value on its own line), JSON inside text, JSON escaped
 twice (so "\\n" is a literal backslash and "n" right before the value), HTML (entities
-and `&nbsp;` inside the value), a URL query (percent-encoded), or glued to a label with no
-space. Every encoding is per character, so the gold span is exact in the final text.
+and `&nbsp;` inside the value), or a URL query (percent-encoded). Every encoding is per character, so the gold span is exact in the final text.
 
 `lookalike_corpus(n)`: texts whose numbers are not PII (prices, dates, times, versions,
 order ids, SKUs, lot numbers, quantities, Luhn-invalid 16-digit numbers, years, postal
@@ -28,6 +28,7 @@ LOCALES = (
     "en_US", "en_GB", "en_AU", "en_CA", "en_IN", "de_DE", "de_AT", "de_CH", "fr_FR", "fr_CH", "it_IT", "es_ES",
     "es_MX", "pt_BR", "pt_PT", "nl_NL", "nl_BE", "sv_SE", "da_DK", "no_NO", "fi_FI", "pl_PL", "cs_CZ", "hu_HU",
     "ru_RU", "uk_UA", "tr_TR", "ja_JP", "zh_CN", "ko_KR", "he_IL", "id_ID", "th_TH", "vi_VN", "el_GR", "ro_RO",
+    "fa_IR",
 )  # fmt: skip
 
 TEMPLATES: dict[str, list[str]] = {
@@ -196,7 +197,7 @@ def _lookalike(fake, kind: str, rng: random.Random) -> str:  # type: ignore[no-u
 
 def lookalike_corpus(n: int, seed: int = 13) -> list[tuple[str, str]]:
     """`n` (category, text) pairs with a value that is not PII; values from Faker where it
-    has a generator (prices, dates, times, EAN-13s, postcodes of the 36 locales)."""
+    has a generator (prices, dates, times, EAN-13s, postcodes of the 37 locales)."""
     rng = random.Random(seed)
     fakers = {loc: _faker(loc, seed + i) for i, loc in enumerate(LOCALES)}
     kinds = list(LOOKALIKE_TEMPLATES)

@@ -9,7 +9,7 @@ types both systems know, then `AnonymizerEngine` with its default replace operat
 is stored, which flatters Presidio.
 
 Recall and false positives per entity type on four labelled corpora (see `pii_corpus.py` and
-`faker_corpus.py`): Faker's values (36 locales) in plain, multi-line, JSON, twice-escaped JSON,
+`faker_corpus.py`): Faker's values (37 locales) in plain, multi-line, JSON, twice-escaped JSON,
 HTML and URL contexts; Presidio's synthetic dataset; Presidio's own recognizer test vectors;
 and a generated corpus with enough SSNs, IBANs and IPs. Then a look-alike corpus (prices,
 dates, times, versions, order ids, SKUs, lots, quantities, Luhn-invalid 16-digit numbers,

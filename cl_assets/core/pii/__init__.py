@@ -23,11 +23,12 @@ Choices worth knowing (each is tested):
 - Checksummed types are flagged wherever they appear: cards (12-19 digits, Luhn, an
   issuer's range), IBANs (mod-97 and the country's length; an unspaced code off the
   registry by its checksum alone), IPv4/IPv6 (value ranges, `ipaddress`).
-- Phones: NANP, "+<country>" and "00<country>" (checked by `phonenumbers`), trunk-0
-  national shapes, and any 7-15 digit number with a phone word before or after it (in
-  20+ languages). Without a word, a number shaped like a phone (8-12 digits grouped,
-  10-12 unseparated, a US local "668 5702") counts if libphonenumber's metadata calls it
-  valid in one of `phones.REGIONS`.
+- Phones: NANP, "+<country>" (E.164: 8-15 digits), "00<country>" (a country code and a
+  possible length for it, by `phonenumbers`), trunk-0 national shapes, and any 7-15
+  digit number with a phone word before or after it (in 20+ languages). Without a word,
+  a number shaped like a phone (8-12 digits grouped, 10-12 unseparated, a US local
+  "668 5702") counts if libphonenumber's metadata calls it valid in one of
+  `phones.REGIONS`.
 - Shapes common in ordinary text need more: a bare 9-digit number is an SSN only right
   after "SSN"/"social security"; ZIP+4 shapes (12345-6789) are never SSNs or phones; bare
   "::" and short compressed IPv6 such as "1::2" (slices, C++, Haskell) are not addresses.

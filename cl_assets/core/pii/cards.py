@@ -40,6 +40,9 @@ def _card_number_ok(digits: str) -> bool:
     return issued and _luhn_ok(digits)
 
 
+_AFTER_COUNTRY_CODE = re.compile(r"\+[1-9][0-9]{0,2}[ -]\Z")
+
+
 def _card(m: re.Match[str]) -> Span | None:
     """A valid number; in a run of groups, the longest valid prefix of the run whose
     layout is a card's (4 digits first, then groups of 3-6, the last may be short)."""
@@ -62,7 +65,9 @@ def _card(m: re.Match[str]) -> Span | None:
             return None
         if _continues_code(text, start, digit_group=len(number) == 12):  # a 12-digit card is no run's tail
             return None
-    return None if _labelled_not_pii(text, start) else (start, end)
+    if _labelled_not_pii(text, start) or _AFTER_COUNTRY_CODE.search(text, max(0, start - 6), start):
+        return None  # "+43 5672 43047 238": the national part of a phone number
+    return (start, end)
 
 
 def _card_resume(m: re.Match[str]) -> int:
