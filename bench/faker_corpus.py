@@ -4,10 +4,12 @@ The values (phone numbers of 37 locales, cards of every provider Faker has (the 
 set and the Russian, Portuguese, Ukrainian, Chinese and Iranian ones), IBANs, US SSNs,
 IPv4/IPv6 and e-mails) come from Faker (PyPI `faker`), seeded; the sentences they sit in
 are our own templates, short and varied; most phone sentences name the number ("call",
-"Telefon", "WhatsApp", ...), one ("I'm on ... until Friday") does not. Each text is then put in one of the contexts logs and chat
-exports hold: plain, multi-line (the value on its own line), JSON inside text, JSON escaped
-twice (so "\\n" is a literal backslash and "n" right before the value), HTML (entities
-and `&nbsp;` inside the value), or a URL query (percent-encoded). Every encoding is per character, so the gold span is exact in the final text.
+"Telefon", "WhatsApp", ...), one ("I'm on ... until Friday") does not. Each text is then
+put in one of the contexts logs and chat exports hold: plain, multi-line (the value on its
+own line), JSON inside text, JSON escaped twice (so "\\n" is a literal backslash and "n"
+right before the value), HTML (entities and `&nbsp;` inside the value), or a URL query
+(percent-encoded). Every encoding is per character, so the gold span is exact in the final
+text.
 
 `lookalike_corpus(n)`: texts whose numbers are not PII (prices, dates, times, versions,
 order ids, SKUs, lot numbers, quantities, Luhn-invalid 16-digit numbers, years, postal
@@ -22,7 +24,7 @@ import random
 import urllib.parse
 from collections.abc import Callable
 
-from pii_corpus import Labelled
+from pii_corpus import Labelled, _luhn_digit
 
 LOCALES = (
     "en_US", "en_GB", "en_AU", "en_CA", "en_IN", "de_DE", "de_AT", "de_CH", "fr_FR", "fr_CH", "it_IT", "es_ES",
@@ -155,16 +157,9 @@ LOOKALIKE_TEMPLATES: dict[str, list[str]] = {
 
 
 def _luhn_invalid(rng: random.Random) -> str:
-    from faker.providers.credit_card import Provider
-
-    digits = [rng.choice("3456")] + [rng.choice("0123456789") for _ in range(14)]
-    body = "".join(digits)
-    total = sum(int(d) if i % 2 else (2 * int(d) - 9 if int(d) > 4 else 2 * int(d)) for i, d in
-                enumerate(reversed(body)))
-    check = (10 - total % 10) % 10
-    bad = str((check + rng.randint(1, 9)) % 10)
-    number = body + bad
-    del Provider
+    """16 digits in a card's range whose last digit is not the Luhn check digit."""
+    body = rng.choice("3456") + "".join(rng.choice("0123456789") for _ in range(14))
+    number = body + str((int(_luhn_digit(body)) + rng.randint(1, 9)) % 10)
     return number if rng.random() < 0.5 else " ".join(number[i : i + 4] for i in range(0, 16, 4))
 
 
@@ -184,10 +179,14 @@ def _lookalike(fake, kind: str, rng: random.Random) -> str:  # type: ignore[no-u
     if kind == "SKU":
         return rng.choice([fake.bothify("??-???-###").upper(), fake.ean13(), fake.bothify("###-####-##")])
     if kind == "lot number":
-        return rng.choice([str(rng.randint(1, 99999)), fake.bothify("L##-####"), f"{fake.year()}/{rng.randint(1, 999):03d}"])
+        return rng.choice(
+            [str(rng.randint(1, 99999)), fake.bothify("L##-####"), f"{fake.year()}/{rng.randint(1, 999):03d}"]
+        )
     if kind == "quantity":
-        return rng.choice([f"{rng.randint(2, 500)} x {rng.choice([250, 500, 1000])} g", f"{rng.randint(1, 99999):,} units",
-                           f"{rng.randint(2, 40)} cases", f"{rng.randint(1, 20)} kg"])
+        return rng.choice([
+            f"{rng.randint(2, 500)} x {rng.choice([250, 500, 1000])} g", f"{rng.randint(1, 99999):,} units",
+            f"{rng.randint(2, 40)} cases", f"{rng.randint(1, 20)} kg",
+        ])
     if kind == "Luhn-invalid 16 digits":
         return _luhn_invalid(rng)
     if kind == "year":

@@ -56,7 +56,8 @@ def main() -> None:
             pass
         return bool(found)
 
-    print("| corpus | texts | sanitize µs/text | trigger-free texts | their sanitize µs | re | RE2 | Hyperscan | Polars batch |")
+    print("| corpus | texts | sanitize µs/text | trigger-free texts | their sanitize µs | re | RE2 | Hyperscan | "
+          "Polars batch |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, corpus in [("generated", generated_corpus(4000)), ("presidio synth_dataset_v2", synth_dataset()),
                          ("faker", faker_corpus(3000))]:

@@ -1,4 +1,5 @@
-"""PHONE: NANP, international, national trunk-0 shapes, and bare numbers a keyword names."""
+"""PHONE: NANP, "+<country>" and "00<country>", national trunk-0 shapes, numbers a phone word
+names, and phone-shaped numbers that libphonenumber's metadata calls valid in a region."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ _PHONE_BARE = re.compile(r"[+(0-9](?<![\w+][+(0-9])[-0-9(). /]{5,28}[0-9](?![0-9
 # lowercased text, as whole words (the boundary in front is checked by `_said_before`).
 PHONE_WORDS = (
     "phone", "telephone", "tel", "mobile", "cell", "cellphone", "fax", "whatsapp", "sms", "call", "ring", "text",
-    "reach", "contact", "dial", "answering", "téléphone", "tél", "portable", "telefon", "telefonnummer", "handy", "mobil",
-    "kontakt", "rufnummer", "teléfono", "telefono", "telefone", "telemóvel", "móvil", "movil", "celular", "número",
-    "numero", "contacto", "contatto", "cellulare", "nummer", "numer", "puhelin", "gsm", "tlf", "telefoon",
+    "reach", "contact", "dial", "answering", "téléphone", "tél", "portable", "telefon", "telefonnummer", "handy",
+    "mobil", "kontakt", "rufnummer", "teléfono", "telefono", "telefone", "telemóvel", "móvil", "movil", "celular",
+    "número", "numero", "contacto", "contatto", "cellulare", "nummer", "numer", "puhelin", "gsm", "tlf", "telefoon",
     "телефон", "тел", "моб", "電話", "携帯", "电话", "手机", "전화", "휴대폰", "טלפון",
 )  # fmt: skip
 _WORD_CHOICE = "|".join(sorted(map(re.escape, PHONE_WORDS), key=len, reverse=True))
@@ -91,8 +92,9 @@ def _phone_natl(m: re.Match[str]) -> Span | None:
 def _phone_in_context(m: re.Match[str]) -> Span | None:
     """7-15 digits, not a date, with a phone word ("phone", "tel", "call", "Telefon",
     "móvil", ...) just before or after, or "my number" / "my <word> number" for a word that
-    is not a thing's number; else, with 8-12 digits and not labelled as something else,
-    a number valid in one of `REGIONS` by libphonenumber's metadata."""
+    is not a thing's number; else "00<country>..." with a possible length for that
+    country, or a number shaped like a phone (see `_may_stand_alone`) that
+    libphonenumber's metadata calls valid in one of `REGIONS`."""
     text, start, s = m.string, m.start(), m.group()
     digits = _digit_count(s)
     if not 7 <= digits <= 15 or _starts_like_date(s):
@@ -111,8 +113,8 @@ def _phone_in_context(m: re.Match[str]) -> Span | None:
 def _may_stand_alone(text: str, start: int, s: str, digits: int) -> bool:
     """Without a phone word, only a number shaped like one is validated: 10-12 digits
     unseparated, or 8-12 grouped (13 after a trunk "(0"; 7 as a US local "668 5702") by
-    spaces, dashes or slashes (dotted runs are versions and addresses); not an SSN, ZIP+4 or CEP
-    shape, not labelled as a thing's number, not glued to a word, not the tail of a code
+    spaces, dashes or slashes (dotted runs are versions and addresses); not an SSN, ZIP+4
+    or CEP shape, not labelled as a thing's number, not glued to a word, not the tail of a code
     ("ORD-2024-00017", "GB82 WEST 1234 ...")."""
     separators = s.translate(_KEEP_SEPARATORS).replace("(", "").replace(")", "")
     seps = set(separators)
