@@ -7,14 +7,17 @@ label, which reveals nothing about the salt) and refuses to run with a different
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING
 
-from cl_assets.core.pii import hash_user_id
+if TYPE_CHECKING:
+    from cl_assets.core.store import Store
+    from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +25,26 @@ _FINGERPRINT_LABEL = b"cl/salt-fingerprint/v1"
 FINGERPRINT_KEY = "user_hash_salt_fingerprint"
 
 
+def hash_user_id(user_id: str, salt: str) -> str:
+    """Pseudonymous user id: HMAC-SHA256 keyed by the salt, as 64 hex characters. Unlike
+    a plain digest it cannot be recomputed from a guessed id without the salt."""
+    mac = _keyed_hmac(salt).copy()
+    mac.update(user_id.encode("utf-8", "surrogatepass"))
+    return mac.hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed_hmac(salt: str) -> hmac.HMAC:
+    """The HMAC state after the key, computed once per salt (a process uses one) and
+    copied for each id: the key schedule is most of the cost of hashing a short id."""
+    return hmac.new(salt.encode("utf-8", "surrogatepass"), digestmod=hashlib.sha256)
+
+
 class SaltMismatchError(RuntimeError):
     """The configured salt is not the one the stored user hashes were made with."""
 
 
-def resolve_salt(settings: Any) -> str:
+def resolve_salt(settings: Settings) -> str:
     """The configured salt, else the generated one in the data folder (created once, mode 0600)."""
     if settings.user_hash_salt is not None:
         value = settings.user_hash_salt.get_secret_value()
@@ -51,7 +69,7 @@ def salt_fingerprint(salt: str) -> str:
     return hmac.new(salt.encode("utf-8"), _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()
 
 
-def check_salt(store: Any, salt: str) -> None:
+def check_salt(store: Store, salt: str) -> None:
     """Record the salt's fingerprint on first use; refuse a different salt afterwards."""
     expected = salt_fingerprint(salt)
     stored = store.set_meta_once(FINGERPRINT_KEY, expected)
@@ -66,7 +84,7 @@ def check_salt(store: Any, salt: str) -> None:
 class UserHasher:
     """Hashes user ids with a checked salt."""
 
-    def __init__(self, settings: Any, store: Any) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self._salt = resolve_salt(settings)
         check_salt(store, self._salt)
 

@@ -23,8 +23,8 @@ from cl_assets.core.curation import (
     load_interactions,
 )
 from cl_assets.core.ingest import Ingestor
+from cl_assets.core.identity import hash_user_id
 from cl_assets.core.snapshot import file_sha256, new_snapshot_id, snapshot_path, validate_snapshot
-from cl_assets.core.pii import hash_user_id
 from cl_assets.core.store import Store
 from cl_assets.settings import Settings
 from tests.conftest import REPO

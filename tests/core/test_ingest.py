@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cl_assets.core.identity import SaltMismatchError
+from cl_assets.core.identity import SaltMismatchError, hash_user_id
 from cl_assets.core.ingest import IngestError, Ingestor, InteractionIn, content_id
-from cl_assets.core.pii import find_pii, hash_user_id
+from cl_assets.core.pii import find_pii
 from cl_assets.settings import Settings
 from tests.conftest import REPO, make_settings
 

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cl_assets.core.pii import PII_TYPES, Finding, Sanitized, find_pii, hash_user_id, sanitize
+from cl_assets.core.identity import hash_user_id
+from cl_assets.core.pii import PII_TYPES, Finding, Sanitized, find_pii, sanitize
 
 # --------------------------------------------------------------------------- positives
 
@@ -116,6 +117,48 @@ def test_detects(text: str, kind: str, value: str) -> None:
     assert any(f.type == kind and f.start <= start and start + len(value) <= f.end for f in find_pii(text))
 
 
+# The classes a third-party corpus leaked before (issue 12), each with the part that must go.
+LEAKED_BEFORE: list[tuple[str, str, str]] = [
+    ("Tel. +41 79 601 79 39", "PHONE", "+41 79 601 79 39"),
+    ("Tel.:+41 (0)82 977 67 04", "PHONE", "+41 (0)82 977 67 04"),
+    ("Handy 0699 829 80 31", "PHONE", "0699 829 80 31"),
+    ("ring 07700 047 400", "PHONE", "07700 047 400"),
+    ("Call (07) 5317 8843", "PHONE", "(07) 5317 8843"),
+    ("tél 04.17.88.69.73", "PHONE", "04.17.88.69.73"),
+    ("Phone: 26 753221", "PHONE", "26 753221"),
+    ("tel 413 3504", "PHONE", "413 3504"),
+    ("call 040 898 9331", "PHONE", "040 898 9331"),
+    ("Phone (060)231-2978", "PHONE", "(060)231-2978"),
+    ("00420 704 347 882 is my mobile", "PHONE", "00420 704 347 882"),
+    ("They're not answering at 78 651 450", "PHONE", "78 651 450"),
+    ("the shop: 6937964366", "PHONE", "6937964366"),  # no phone word: valid in a region (GR)
+    ("is415-555-0132", "PHONE", "415-555-0132"),  # glued to a word
+    (r"Phone:\n760-819-2468", "PHONE", "760-819-2468"),  # a literal backslash and "n"
+    (r"Phone:\\t864.675.6005", "PHONE", "864.675.6005"),  # escaped twice
+    ("tel&nbsp;+41&nbsp;79&nbsp;601&nbsp;79&nbsp;39", "PHONE", "+41&nbsp;79&nbsp;601&nbsp;79&nbsp;39"),
+    ("phone=%2B41%2079%20601%2079%2039", "PHONE", "%2B41%2079%20601%2079%2039"),
+    ("call 555\u2013123\u20134567", "PHONE", "555\u2013123\u20134567"),  # en dashes
+    ("call +44\u00a020\u00a07946\u00a00958", "PHONE", "+44\u00a020\u00a07946\u00a00958"),  # NBSP
+    ("my card 639051859986", "CREDIT_CARD", "639051859986"),  # Maestro, 12 digits
+    ("card 060406464176", "CREDIT_CARD", "060406464176"),  # Maestro 0604
+    ("UnionPay 8124314398834894", "CREDIT_CARD", "8124314398834894"),
+    ("Prostir 9506327776815455", "CREDIT_CARD", "9506327776815455"),
+    ("card 4111\u00a01111\u00a01111\u00a01111", "CREDIT_CARD", "4111\u00a01111\u00a01111\u00a01111"),
+    ("IBAN TH776212872698", "IBAN", "TH776212872698"),  # no registry entry, checksum valid
+    ("IBAN GB31XQNH9767179579576", "IBAN", "GB31XQNH9767179579576"),  # one short of GB's 22
+    (r"mail\u00a0jane@example.com", "EMAIL", "jane@example.com"),
+    ("<p>SSN:&nbsp;679-11-7493</p>", "SSN", "679-11-7493"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"), LEAKED_BEFORE, ids=[f"{k}-{i}" for i, (_, k, _) in enumerate(LEAKED_BEFORE)]
+)
+def test_detects_what_leaked_before(text: str, kind: str, value: str) -> None:
+    test_detects(text, kind, value)
+    assert sanitize(sanitize(text).text).text == sanitize(text).text
+
+
 def test_labels_around_a_value_are_kept() -> None:
     assert sanitize("Authorization: Bearer abcDEF123456ghiJKL789").text == "Authorization: Bearer [SECRET]"
     assert sanitize("api_key=Zx81kQ0pLm2NvB7r; next").text == "api_key=[SECRET]; next"
@@ -154,6 +197,14 @@ NEGATIVES: list[str] = [
     "a basic internationalization guide; the bearer instrument",
     "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA\n-----END PUBLIC KEY-----",
     "Room 1204, 3rd floor, 48 pages, 7 days, 2 x 250 g",
+    "<p>Ref&nbsp;2167066897</p> and <p>Order&nbsp;#5087343206</p>",  # labels read through markup
+    "GET /feedback?note=order%20no.%201412322052&lang=en",  # and through percent-encoding
+    "art. 451-3646-17, SKU 9623510675264, lot 1985/358",
+    "The reference on the pallet reads 6693 5493 9615 5214.",  # Luhn-invalid; its 12-digit head is valid
+    "Ship to ZIP 62142-119, Postcode: 318-5074, my area is 47149-210",  # CEP, Japanese postcode
+    "Delivered on 2564-04-07.",  # a Buddhist-era date
+    "Since 2019 we sold 12,345 units; the 1999 harvest",
+
     "יהודית מדברת עברית \u200f\u200b and \u202eRTL override\u202c العربية ١٢٣٤٥٦٧٨٩",
 ]
 
@@ -219,6 +270,8 @@ FRAGMENTS = [
     "ssn ", "social security ", "phone: ", "call ", "ISBN ", "order #", "version ", "v", "ext", "+1", "00", "(0)",
     "-----BEGIN PRIVATE KEY-----", "MIIBOgIBAAJBAKj34GkxFhD90vcN", "-----END PRIVATE KEY-----",
     "0", "1", "12", "123", "1234", "2024-03-15", "12:30:45", "[EMAIL]", "[PHONE]", "\u200b", "é", "İ", "\n",
+    "\\n", "\\\\t", "\\u00a0", "&nbsp;", "&#43;", "%20", "%2B", "%C3%B3", "\u2013", "\u00a0", "00", "0604",
+    "Telefon ", "is my mobile", "+43 ",
 ]  # fmt: skip
 pii_soup = st.lists(st.one_of(st.text(max_size=8), st.sampled_from(FRAGMENTS)), max_size=24).map("".join)
 # A word right before a number can change what it is ("ISBN 978...", "order #4111..."),
@@ -228,7 +281,7 @@ surrounding_before = st.text(max_size=40).filter(lambda s: not re.search(r"[A-Za
 surrounding_after = st.text(max_size=40).filter(lambda s: not re.match(r"[A-Za-z0-9]", s))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(), pii_soup))
 def test_sanitize_never_raises_and_returns_text(text: str) -> None:
     result = sanitize(text)
@@ -239,7 +292,7 @@ def test_sanitize_never_raises_and_returns_text(text: str) -> None:
     assert all(a.end <= b.start for a, b in itertools.pairwise(findings))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.text(), pii_soup))
 def test_sanitize_is_idempotent(text: str) -> None:
     once = sanitize(text).text
@@ -302,7 +355,7 @@ def ssns(draw: st.DrawFn) -> str:
 
 @pytest.mark.parametrize(("kind", "values"), [("EMAIL", st.emails()), ("CREDIT_CARD", cards()), ("SSN", ssns())])
 def test_embedded_values_are_always_removed(kind: str, values: st.SearchStrategy[str]) -> None:
-    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(before=surrounding_before, value=values, after=surrounding_after)
     def check(before: str, value: str, after: str) -> None:
         text = f"{before} {value} {after}"
@@ -357,8 +410,7 @@ PRESIDIO_TO_CL = {
 #   the latter is a ZIP+4) and a bare 9-digit number with no context; CL does not.
 # - IP_ADDRESS: "::" / "::/0" (no host, and C++/Haskell syntax) and "192.168.1.1.1"
 #   (five dotted parts read as a version) are not flagged.
-# - PHONE: "is415-555-0132", glued to a word.
-MIN_RECALL = {"EMAIL": 1.0, "PHONE": 0.97, "CREDIT_CARD": 1.0, "SSN": 0.57, "IP_ADDRESS": 0.93, "IBAN": 1.0}
+MIN_RECALL = {"EMAIL": 1.0, "PHONE": 1.0, "CREDIT_CARD": 1.0, "SSN": 0.57, "IP_ADDRESS": 0.93, "IBAN": 1.0}
 MIN_NEGATIVE_ACCURACY = 1.0  # no vector that Presidio calls negative is flagged as that type
 
 

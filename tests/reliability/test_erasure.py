@@ -15,7 +15,7 @@ from cl_assets.core.curation import curate_snapshot
 from cl_assets.core.erasure import forget_user
 from cl_assets.core.ingest import Ingestor
 from cl_assets.core.knowledge import write_knowledge
-from cl_assets.core.pii import hash_user_id
+from cl_assets.core.identity import hash_user_id
 from cl_assets.core.registry import Registry, RegistryError
 from cl_assets.core.store import FeedbackEvent, Store
 from cl_assets.settings import Settings
