@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         None, description="bf16 autocast when training on a CPU (unset: on where the CPU runs bf16 natively)."
     )
     anchor_rows: int = Field(
-        192, ge=0, description="Base-model answers to self-synthesized general prompts mixed into every training run (0: off)."
+        160, ge=0, description="Base-model answers to self-synthesized general prompts mixed into every training run (0: off)."
     )
     warm_start: bool = Field(True, description="Start training from the deployed adapter when there is one.")
     seed: int = Field(42, description="Seed for curation sampling and training.")

@@ -116,6 +116,8 @@ def main() -> None:
     rng = random.Random(args.seed)
     by_kind: dict[str, list[dict[str, object]]] = {}
     for item in candidates():
+        if any(str(k).casefold() in str(item["prompt"]).casefold() for k in item["keywords"]):  # type: ignore[attr-defined]
+            continue  # "the capital of Mexico" -> "Mexico City": repeating the question would score
         by_kind.setdefault(str(item["kind"]), []).append(item)
     pool = []
     for kind, items in sorted(by_kind.items()):

@@ -19,6 +19,7 @@ is built once per base model and cached under `<data_dir>/anchors/<key>/anchor.j
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -46,12 +47,14 @@ class AnchorSpec:
 
     base_model: str  # fingerprint of the base model's files
     system_prompt: str
-    rows: int = 192
+    rows: int = 160
     seed: int = 1234
     prompt_tokens: int = 40
-    answer_tokens: int = 96
-    temperature: float = 1.0
-    top_p: float = 0.95
+    answer_tokens: int = 64
+    # Below Magpie's 1.0: at 135M parameters, temperature 1 samples mostly word salad in any language.
+    temperature: float = 0.7
+    top_p: float = 0.9
+    excluded: str = ""  # digest of the evaluation prompts kept out (`exclusion_digest`)
 
     @property
     def key(self) -> str:
@@ -59,18 +62,47 @@ class AnchorSpec:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+_IDENTITY_FILES = ("tokenizer.json", "chat_template.jinja")
+_TOKENIZER_CONFIG = "tokenizer_config.json"  # only its chat template counts: the rest names versions
+
+
+def exclusion_digest(prompts: Iterable[str]) -> str:
+    """Names the set of prompts an anchor set must not contain: new evaluation sets, new anchors."""
+    blob = "\n".join(sorted({" ".join(p.casefold().split()) for p in prompts}))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def base_fingerprint(model_dir: str | Path) -> str:
-    """A cheap identity of a base model folder: its config and the names and sizes of its files."""
+    """The identity of a base model folder: its weights, its tokenizer and its chat template.
+
+    Content, not metadata: `config.json` names the transformers version that wrote it, so the same
+    weights converted by another version would otherwise look like another model. Hashing ~540 MB
+    takes about a second, once per process (memoized on the files' sizes and mtimes).
+    """
     folder = Path(model_dir)
-    digest = hashlib.sha256()
-    config = folder / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.is_file():
-            digest.update(f"{path.name}:{path.stat().st_size}".encode())
     if not folder.is_dir():
-        digest.update(str(model_dir).encode())
+        return hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and (p.suffix in {".safetensors", ".bin"} or p.name in _IDENTITY_FILES + (_TOKENIZER_CONFIG,))
+    )
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _content_digest(str(folder.resolve()), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_digest(folder: str, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for name, _size, _mtime in stamp:
+        digest.update(name.encode() + b"\0")
+        path = Path(folder) / name
+        if name == _TOKENIZER_CONFIG:
+            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+            digest.update(json.dumps(template, sort_keys=True).encode())
+            continue
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
@@ -95,7 +127,12 @@ def _clean_prompt(text: str) -> str | None:
 
 
 def synthesize_prompts(
-    base: LoadedModel, spec: AnchorSpec, count: int, exclude: Iterable[str] = (), batch_size: int = 32
+    base: LoadedModel,
+    spec: AnchorSpec,
+    count: int,
+    exclude: Iterable[str] = (),
+    batch_size: int = 32,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> list[str]:
     """Sample `count` distinct user prompts from the base model's own user-turn prefix."""
     import torch
@@ -131,6 +168,8 @@ def synthesize_prompts(
             if prompt and norm not in seen and norm not in excluded:
                 seen.add(norm)
                 prompts.append(prompt)
+        if progress is not None:
+            progress("prompts", min(len(prompts), count), count)
         if len(prompts) >= count:
             break
     return prompts[:count]
@@ -147,9 +186,7 @@ def build_anchor_rows(
     from cl_assets.core.pii import find_pii
 
     # Ask for more prompts than needed: some answers run past the token limit and are dropped.
-    prompts = synthesize_prompts(base, spec, int(spec.rows * 1.6) + 8, exclude)
-    if progress is not None:
-        progress("prompts", len(prompts), len(prompts))
+    prompts = synthesize_prompts(base, spec, int(spec.rows * 1.6) + 8, exclude, progress=progress)
     conversations = [
         [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": p}] for p in prompts
     ]
@@ -190,23 +227,38 @@ def ensure_anchor_set(
     spec: AnchorSpec,
     exclude: Iterable[str] = (),
     progress: Callable[[str, int, int], None] | None = None,
+    shipped: Path | None = None,
 ) -> tuple[Path, bool]:
-    """The cached anchor file for `spec`, built first if missing or unreadable; (path, reused)."""
+    """The cached anchor file for `spec`, built first if missing or unreadable; (path, reused).
+
+    `shipped`: a copy made by the same code for the same spec (the repository ships the one of
+    the embedded base model, so a fresh home need not spend minutes of CPU on it); it is checked
+    like the cache and copied into it."""
     folder = Path(anchors_dir) / spec.key
     path = folder / ANCHOR_FILE
-    if path.is_file():
+    for source in (path, shipped):
+        if source is None or not source.is_file():
+            continue
         try:
-            read_anchor_rows(path)
-            return path, True
+            rows = read_anchor_rows(source)
         except (ValueError, OSError) as exc:
-            log.warning("anchor set %s is unreadable (%s); building it again", path, exc)
+            log.warning("anchor set %s is unreadable (%s); not using it", source, exc)
+            continue
+        if source != path:
+            _write(folder, rows, spec)
+            log.info("anchor set: %d rows taken from the shipped %s", len(rows), source)
+        return path, True
     model = base() if callable(base) else base
     rows = build_anchor_rows(model, spec, exclude, progress)
     if not rows:
         raise RuntimeError("the base model produced no usable anchor rows; check the base model and system prompt")
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": _FORMAT, "spec": asdict(spec), "rows": len(rows)}
-    atomic_write_text(folder / ANCHOR_META, json.dumps(meta, indent=2) + "\n")
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _write(folder, rows, spec)
     log.info("anchor set: %d base-model rows written to %s", len(rows), path)
     return path, False
+
+
+def _write(folder: Path, rows: list[dict[str, Any]], spec: AnchorSpec) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": _FORMAT, "key": spec.key, "spec": asdict(spec), "rows": len(rows)}
+    atomic_write_text(folder / ANCHOR_META, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(folder / ANCHOR_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

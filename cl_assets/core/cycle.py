@@ -113,12 +113,20 @@ def train_partition(
     )
 
 
+def _evaluation_prompts(settings: Any) -> list[str]:
+    from cl_assets.core.evaluation import load_qa
+
+    return [item.prompt for name in ("qa_eval.jsonl", "qa_general.jsonl")
+            if settings.shipped(name).exists() for item in load_qa(settings.shipped(name))]
+
+
 def anchor_spec(settings: Any, base_model: Path | str) -> Any:
-    """What the anchor set for this base model and chat is made of (`core/anchor.py`)."""
-    from cl_assets.core.anchor import AnchorSpec, base_fingerprint
+    """What the anchor set for this base model, chat and evaluation sets is made of (`core/anchor.py`)."""
+    from cl_assets.core.anchor import AnchorSpec, base_fingerprint, exclusion_digest
 
     return AnchorSpec(base_model=base_fingerprint(base_model), system_prompt=settings.system_prompt,
-                      rows=settings.anchor_rows, seed=settings.seed)
+                      rows=settings.anchor_rows, seed=settings.seed,
+                      excluded=exclusion_digest(_evaluation_prompts(settings)))
 
 
 def ensure_anchor(
@@ -130,14 +138,13 @@ def ensure_anchor(
     the gates then score."""
     if settings.anchor_rows <= 0:
         return None
-    from cl_assets.core.anchor import ensure_anchor_set
-    from cl_assets.core.evaluation import load_qa
+    from cl_assets.core.anchor import ANCHOR_FILE, ensure_anchor_set
     from cl_assets.core.model import load_base_model
 
-    exclude = [item.prompt for name in ("qa_eval.jsonl", "qa_general.jsonl")
-               if settings.shipped(name).exists() for item in load_qa(settings.shipped(name))]
-    path, _ = ensure_anchor_set(settings.data_dir / "anchors", lambda: load_base_model(base_model),
-                                anchor_spec(settings, base_model), exclude, progress)
+    spec = anchor_spec(settings, base_model)
+    shipped = settings.shipped(f"anchors/{spec.key}/{ANCHOR_FILE}")
+    path, _ = ensure_anchor_set(settings.data_dir / "anchors", lambda: load_base_model(base_model), spec,
+                                _evaluation_prompts(settings), progress, shipped=shipped)
     return path
 
 

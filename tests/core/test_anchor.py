@@ -24,17 +24,24 @@ def _row(question: str, answer: str) -> dict[str, object]:
 
 def test_every_field_of_the_spec_names_another_cache() -> None:
     keys = {_spec().key, _spec(base_model="abd").key, _spec(system_prompt="other").key, _spec(rows=5).key,
-            _spec(seed=1).key, _spec(answer_tokens=10).key, _spec(temperature=0.7).key}
-    assert len(keys) == 7 and _spec().key == _spec().key
+            _spec(seed=1).key, _spec(answer_tokens=10).key, _spec(temperature=0.5).key,
+            _spec(excluded=A.exclusion_digest(["What is the capital of France?"])).key}
+    assert len(keys) == 8 and _spec().key == _spec().key
+    assert A.exclusion_digest(["b", "A"]) == A.exclusion_digest(["a ", "b"]) != A.exclusion_digest(["a"])
 
 
-def test_the_fingerprint_follows_the_model_files(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text('{"hidden_size": 8}')
+def test_the_fingerprint_follows_the_weights_and_tokenizer_not_the_metadata(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"hidden_size": 8, "transformers_version": "5.1"}')
     (tmp_path / "model.safetensors").write_bytes(b"x" * 10)
+    (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "A"}')
     first = A.base_fingerprint(tmp_path)
-    assert A.base_fingerprint(tmp_path) == first
-    (tmp_path / "model.safetensors").write_bytes(b"x" * 11)
-    assert A.base_fingerprint(tmp_path) != first
+    (tmp_path / "config.json").write_text('{"hidden_size": 8, "transformers_version": "5.2"}')
+    assert A.base_fingerprint(tmp_path) == first  # another writer of the same weights: same model
+    (tmp_path / "model.safetensors").write_bytes(b"y" * 10)
+    second = A.base_fingerprint(tmp_path)
+    assert second != first
+    (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "B"}')
+    assert A.base_fingerprint(tmp_path) != second
 
 
 def test_the_user_prefix_ends_where_a_user_types(tiny_model_dir: Path) -> None:
@@ -64,6 +71,27 @@ def test_a_valid_cache_is_reused_without_loading_the_model(tmp_path: Path) -> No
 
     path, reused = A.ensure_anchor_set(tmp_path, never, spec)  # type: ignore[arg-type]
     assert reused and path == folder / A.ANCHOR_FILE
+
+
+def test_a_shipped_copy_is_checked_and_copied_into_the_cache(tmp_path: Path) -> None:
+    spec = _spec()
+    shipped = tmp_path / "shipped" / A.ANCHOR_FILE
+    shipped.parent.mkdir()
+    shipped.write_text(json.dumps(_row("Why is the sky blue?", "Rayleigh scattering.")) + "\n")
+
+    def never() -> object:
+        raise AssertionError("a valid shipped copy needs no model")
+
+    path, reused = A.ensure_anchor_set(tmp_path / "cache", never, spec, shipped=shipped)  # type: ignore[arg-type]
+    assert reused and path == tmp_path / "cache" / spec.key / A.ANCHOR_FILE
+    assert A.read_anchor_rows(path) == A.read_anchor_rows(shipped)
+    shipped.write_text("not json\n")  # a broken shipped copy is not trained on
+    with pytest.raises(RuntimeError):
+        A.ensure_anchor_set(tmp_path / "other", lambda: _no_rows_model(), spec, shipped=shipped)  # type: ignore[arg-type]
+
+
+def _no_rows_model() -> object:
+    raise RuntimeError("no model here")
 
 
 def test_a_corrupt_cache_is_rebuilt_and_a_model_that_gives_nothing_is_an_error(tmp_path: Path, tiny_model_dir: Path) -> None:
