@@ -174,7 +174,7 @@ def train_recipe(name: str, snapshot: Path, model_dir: Path, out: Path, max_step
         else:
             precision = Precision("lora-bf16-autocast-cpu", "cpu", "float32", bf16=True, quantize_4bit=False)
     original = trainer_module.detect_precision
-    trainer_module.detect_precision = lambda: precision
+    trainer_module.detect_precision = lambda *_: precision
     steps: list[Any] = []
     try:
         started = time.perf_counter()

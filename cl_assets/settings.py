@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha.")
     train_max_length: int = Field(512, gt=0, description="Longest training sequence in tokens.")
+    train_cpu_bf16: bool | None = Field(
+        None, description="bf16 autocast when training on a CPU (unset: on where the CPU runs bf16 natively)."
+    )
+    anchor_rows: int = Field(
+        160, ge=0, description="Base-model answers to self-synthesized general prompts mixed into every training run (0: off)."
+    )
     warm_start: bool = Field(True, description="Start training from the deployed adapter when there is one.")
     seed: int = Field(42, description="Seed for curation sampling and training.")
 
@@ -68,7 +74,16 @@ class Settings(BaseSettings):
     eval_max_new_tokens: int = Field(48, gt=0, description="Greedy tokens per evaluation answer.")
     gate_tolerance: float = Field(0.0, ge=0, le=1, description="Candidate accuracy may be this far below the deployed one.")
     gate_max_lost_items: int = Field(1, ge=0, description="Most items the deployed adapter got right that a candidate may lose.")
-    gate_max_forgetting: float = Field(0.05, ge=0, le=1, description="Largest allowed drop on the general set vs the base.")
+    gate_max_forgetting: float = Field(
+        0.02, ge=0, le=1, description="Largest allowed net drop (lost minus gained items) on the general set vs the base."
+    )
+    gate_forgetting_alpha: float = Field(
+        0.05, gt=0, le=1, description="Fail when general-set losses beat gains at this one-sided McNemar significance."
+    )
+    gate_max_drift: float = Field(
+        0.25, ge=0, description="Largest mean extra NLL (nats/token) of the base's general answers under a candidate."
+    )
+    eval_batch_size: int = Field(16, gt=0, description="General-set questions answered per forward pass in evaluation.")
 
     # sensors
     retrain_min_feedback: int = Field(50, ge=1, description="Feedback events since the last snapshot that trigger a cycle.")

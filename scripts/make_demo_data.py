@@ -10,9 +10,8 @@ Writes, relative to the repository root:
 * ``data/qa_eval.jsonl`` -- one line per taught fact: the canonical question
   exactly as it appears in the demo data, 1-2 distinctive answer keywords and
   the fact id.
-* ``data/qa_general.jsonl`` -- general-knowledge questions that training never
-  sees and that the base model (SmolLM2-135M-Instruct, greedy) already answers
-  correctly; used to detect forgetting.
+(``data/qa_general.jsonl``, the forgetting set, is built by ``scripts/make_general_qa.py``
+from data shipped in PyPI packages, not here.)
 
 Re-running with the same seed produces byte-identical files::
 
@@ -39,7 +38,6 @@ WINDOW_DAYS = 30
 ROOT = Path(__file__).resolve().parent.parent
 INTERACTIONS_PATH = ROOT / "data" / "demo" / "interactions.jsonl"
 QA_EVAL_PATH = ROOT / "data" / "qa_eval.jsonl"
-QA_GENERAL_PATH = ROOT / "data" / "qa_general.jsonl"
 
 
 # --------------------------------------------------------------------------- facts
@@ -357,33 +355,6 @@ FACTS: tuple[Fact, ...] = (
     ),
 )
 
-# General-knowledge questions never used for training. Kept only those that the
-# base model SmolLM2-135M-Instruct answers correctly with greedy decoding
-# (max_new_tokens=48, answer contains every keyword, case-insensitive); see
-# data/demo/README.md for the measurement.
-GENERAL_QA: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("What is the capital of France?", ("Paris",)),
-    ("What is the capital of Japan?", ("Tokyo",)),
-    ("What is the capital of Germany?", ("Berlin",)),
-    ("What is the capital of the United Kingdom?", ("London",)),
-    ("What is the capital of Canada?", ("Ottawa",)),
-    ("What is the capital of Australia?", ("Canberra",)),
-    ("Which planet is known as the Red Planet?", ("Mars",)),
-    ("What is the chemical formula for water?", ("H2O",)),
-    ("What gas do plants absorb from the air for photosynthesis?", ("carbon dioxide",)),
-    ("Who wrote Romeo and Juliet?", ("Shakespeare",)),
-    ("What is the largest ocean on Earth?", ("Pacific",)),
-    ("What language is spoken in Brazil?", ("Portuguese",)),
-    ("What is the largest mammal on Earth?", ("blue whale",)),
-    ("Who painted the Mona Lisa?", ("Leonardo",)),
-    ("What is the currency of Japan?", ("yen",)),
-    ("Which musical instrument has 88 keys?", ("piano",)),
-    ("What is the primary language spoken in the United States?", ("English",)),
-    ("What is the largest desert in the world?", ("Sahara",)),
-    ("Who developed the theory of relativity?", ("Einstein",)),
-    ("What is the longest river in Africa?", ("Nile",)),
-)
-
 # --------------------------------------------------------------------------- PII
 
 # How customers paste personal data into a question. All values are fictional;
@@ -633,10 +604,7 @@ def render(seed: int = SEED) -> dict[Path, str]:
         + "\n"
         for f in FACTS
     )
-    qa_general = "".join(
-        json.dumps({"prompt": q, "keywords": list(k)}, ensure_ascii=False) + "\n" for q, k in GENERAL_QA
-    )
-    return {INTERACTIONS_PATH: interactions, QA_EVAL_PATH: qa_eval, QA_GENERAL_PATH: qa_general}
+    return {INTERACTIONS_PATH: interactions, QA_EVAL_PATH: qa_eval}
 
 
 def summary(seed: int = SEED) -> dict:
@@ -663,7 +631,6 @@ def summary(seed: int = SEED) -> dict:
         "first_timestamp": min(r["_ts"] for r in rows).isoformat(),
         "last_timestamp": max(r["_ts"] for r in rows).isoformat(),
         "facts": len(FACTS),
-        "general_questions": len(GENERAL_QA),
     }
 
 

@@ -41,6 +41,9 @@ def _no_cl_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("CL_") and key not in {"CL_TEST_PG_URL", "CL_SHARED_DATA"}:
             monkeypatch.delenv(key)
+    # Most tests train a tiny random model, which cannot synthesize the base-model anchor set
+    # (it never samples an end of turn). Tests of anchoring ask for it explicitly.
+    monkeypatch.setenv("CL_ANCHOR_ROWS", "0")
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_up_serves_ui_and_chat_and_ctrl_c_stops_everything(tmp_path: Path, tiny_
     ui_port, chat_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CL_")}
     env.update({"CL_HOME": str(tmp_path), "CL_BASE_MODEL": str(tiny_model_dir), "CL_USER_HASH_SALT": "up-test",
-                "DAGSTER_HOME": str(tmp_path / ".dagster_home")})
+                "CL_ANCHOR_ROWS": "0", "DAGSTER_HOME": str(tmp_path / ".dagster_home")})
     # Like a terminal's Ctrl-C: SIGINT to `cl up` only (its children run in their own sessions).
     proc = subprocess.Popen([sys.executable, "-m", "cl_assets.cli", "up", "--port", str(ui_port), "--chat-port", str(chat_port)],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -24,6 +24,7 @@ from cl_assets.settings import Settings
 if TYPE_CHECKING:  # heavy (Polars, matplotlib): imported where the step runs
     from cl_assets.core.curation import SnapshotResult
     from cl_assets.core.evaluation import Comparison
+    from cl_assets.core.anchor import AnchorSpec
     from cl_assets.core.gates import Gate
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ def train_partition(
     reused = out.is_dir()
     if not reused:
         parent_path = registry.verified_path(parent_id) if parent_id else None
+        anchor_path = ensure_anchor(settings, base_model)
         train_adapter(
             Path(snapshot.path),
             base_model,
@@ -86,6 +88,7 @@ def train_partition(
             config,
             parent_adapter=parent_path,
             snapshot_sha256=snapshot.sha256,
+            anchor_path=anchor_path,
             progress=progress,
         )
     # The folder appears only complete (atomic rename), so an unregistered one is safe to register.
@@ -116,6 +119,41 @@ def train_partition(
         duration_s=m["duration_s"],
         reused=reused,
     )
+
+
+def _evaluation_prompts(settings: Settings) -> list[str]:
+    from cl_assets.core.evaluation import load_qa
+
+    return [item.prompt for name in ("qa_eval.jsonl", "qa_general.jsonl")
+            if settings.shipped(name).exists() for item in load_qa(settings.shipped(name))]
+
+
+def anchor_spec(settings: Settings, base_model: Path | str) -> AnchorSpec:
+    """What the anchor set for this base model, chat and evaluation sets is made of (`core/anchor.py`)."""
+    from cl_assets.core.anchor import AnchorSpec, base_fingerprint, exclusion_digest
+
+    return AnchorSpec(base_model=base_fingerprint(base_model), system_prompt=settings.system_prompt,
+                      rows=settings.anchor_rows, seed=settings.seed,
+                      excluded=exclusion_digest(_evaluation_prompts(settings)))
+
+
+def ensure_anchor(
+    settings: Settings, base_model: Path | str, progress: Callable[[str, int, int], None] | None = None
+) -> Path | None:
+    """The cached anchor file of the base model (built on first use); None when `anchor_rows` is 0.
+
+    Prompts that appear in the evaluation sets are excluded, so replay never teaches an answer
+    the gates then score."""
+    if settings.anchor_rows <= 0:
+        return None
+    from cl_assets.core.anchor import ANCHOR_FILE, ensure_anchor_set
+    from cl_assets.core.model import load_base_model
+
+    spec = anchor_spec(settings, base_model)
+    shipped = settings.shipped(f"anchors/{spec.key}/{ANCHOR_FILE}")
+    path, _ = ensure_anchor_set(settings.data_dir / "anchors", lambda: load_base_model(base_model), spec,
+                                _evaluation_prompts(settings), progress, shipped=shipped)
+    return path
 
 
 def _train_summary(meta: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +199,10 @@ class Evaluated:
         return self.report.out_dir / REPORT_PNG
 
 
-def evaluate_partition(settings: Settings, store: Store, adapter_id: str, base_model: Path | str) -> Evaluated:
+def evaluate_partition(
+    settings: Settings, store: Store, adapter_id: str, base_model: Path | str,
+    progress: Callable[[str], None] | None = None,
+) -> Evaluated:
     """Base vs candidate vs deployed on the same prompts; the gate verdict is recorded on the adapter."""
     from cl_assets.core.evaluation import compare_for_snapshot
     from cl_assets.core.gates import evaluation_gates
@@ -182,6 +223,7 @@ def evaluate_partition(settings: Settings, store: Store, adapter_id: str, base_m
         deployed_id=deployed if deployed_path else None,
         deployed_path=deployed_path,
         system_prompt=settings.system_prompt,
+        progress=progress,
     )
     gates = evaluation_gates(report, settings)
     passed = all(g.passed for g in gates)

@@ -12,11 +12,13 @@ Pure domain code: no Dagster, no Gradio.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,11 @@ log = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_PNG = "accuracy.png"
+DRIFT_PNG = "drift.png"
+#: Answer tokens compared for "the candidate's answer starts like the base's".
+DRIFT_PREFIX_TOKENS = 8
+
+Progress = Callable[[str], None]
 
 
 class QAFormatError(ValueError):
@@ -160,6 +167,7 @@ class EvalResult:
     tokens_per_s: float  # mean over items
     max_new_tokens: int
     system_prompt: str | None = None
+    batch_size: int | None = None  # None: one answer at a time (latency figures are per answer)
 
     @property
     def label(self) -> str:
@@ -181,6 +189,7 @@ class EvalResult:
             "tokens_per_s": self.tokens_per_s,
             "max_new_tokens": self.max_new_tokens,
             "system_prompt": self.system_prompt,
+            "batch_size": self.batch_size,
             "items": [i.to_dict() for i in self.items],
         }
 
@@ -198,6 +207,7 @@ class EvalResult:
             tokens_per_s=d["tokens_per_s"],
             max_new_tokens=d["max_new_tokens"],
             system_prompt=d.get("system_prompt"),
+            batch_size=d.get("batch_size"),
         )
 
 
@@ -211,45 +221,92 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def _messages(item: QAItem, system_prompt: str | None) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": item.prompt}
+    ]
+
+
+def _check_target(target: LoadedModel | AdapterSet, adapter_id: str | None) -> None:
+    if not isinstance(target, AdapterSet) and adapter_id is not None:
+        raise ValueError("A LoadedModel has no adapters; pass an AdapterSet to evaluate an adapter.")
+
+
+def _answer_one_by_one(
+    target: LoadedModel | AdapterSet, items: Sequence[QAItem], adapter_id: str | None,
+    max_new_tokens: int, system_prompt: str | None,
+) -> list[tuple[str, float, float, int, float]]:
+    answers = []
+    for item in items:
+        messages = _messages(item, system_prompt)
+        if isinstance(target, AdapterSet):
+            gen = target.generate(messages, adapter_id, max_new_tokens=max_new_tokens, temperature=0.0)
+        else:
+            gen = generate(target.model, target.tokenizer, messages, max_new_tokens=max_new_tokens, temperature=0.0)
+        answers.append((gen.text, gen.latency_ms, gen.ttft_ms, gen.completion_tokens, gen.tokens_per_s))
+    return answers
+
+
+def _answer_batched(
+    target: LoadedModel | AdapterSet, items: Sequence[QAItem], adapter_id: str | None,
+    max_new_tokens: int, system_prompt: str | None, batch_size: int, progress: Progress | None,
+) -> list[tuple[str, float, float, int, float]]:
+    from cl_assets.core.batch_decode import greedy_answers
+
+    conversations = [_messages(item, system_prompt) for item in items]
+    label = adapter_id or BASE_LABEL
+    report = (lambda done, total: progress(f"{label}: {done}/{total} answered")) if progress else None
+    if isinstance(target, AdapterSet):
+        with target.using(adapter_id) as model:
+            batch = greedy_answers(model, target.tokenizer, conversations, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, progress=report)
+    else:
+        batch = greedy_answers(target.model, target.tokenizer, conversations, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, progress=report)
+    # A batch has no per-answer first token: its wall time stands for latency and TTFT alike.
+    return [(a.text, a.latency_ms, a.latency_ms, a.completion_tokens, a.tokens_per_s) for a in batch]
+
+
 def evaluate_model(
     target: LoadedModel | AdapterSet,
     items: Sequence[QAItem],
     adapter_id: str | None = None,
     max_new_tokens: int = 48,
     system_prompt: str | None = None,
+    *,
+    batch_size: int | None = None,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Answer every item greedily with `adapter_id` (None: the base model) and score it.
 
     `target` is a plain `LoadedModel` (base only) or an `AdapterSet` whose adapter `adapter_id`
-    is loaded. With `system_prompt=None` the chat template's own default applies.
+    is loaded. With `system_prompt=None` the chat template's own default applies. `batch_size`
+    answers that many items per forward pass (same greedy answers, far less time; latency is
+    then per batch); None answers one at a time, as the chat does, for latency and TTFT.
     """
     if not items:
         raise ValueError("evaluate_model needs at least one QA item.")
+    _check_target(target, adapter_id)
+    if batch_size is None:
+        answers = _answer_one_by_one(target, items, adapter_id, max_new_tokens, system_prompt)
+    else:
+        answers = _answer_batched(target, items, adapter_id, max_new_tokens, system_prompt, batch_size, progress)
     results: list[ItemResult] = []
-    for item in items:
-        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-            {"role": "user", "content": item.prompt}
-        ]
-        if isinstance(target, AdapterSet):
-            gen = target.generate(messages, adapter_id, max_new_tokens=max_new_tokens, temperature=0.0)
-        else:
-            if adapter_id is not None:
-                raise ValueError("A LoadedModel has no adapters; pass an AdapterSet to evaluate an adapter.")
-            gen = generate(target.model, target.tokenizer, messages, max_new_tokens=max_new_tokens, temperature=0.0)
-        score = score_answer(gen.text, item.keywords)
+    for item, (text, latency_ms, ttft_ms, completion_tokens, tokens_per_s) in zip(items, answers, strict=True):
+        score = score_answer(text, item.keywords)
         results.append(
             ItemResult(
                 id=item.id,
                 prompt=item.prompt,
                 keywords=item.keywords,
-                answer=gen.text,
+                answer=text,
                 correct=score.correct,
                 partial=score.partial,
                 matched=score.matched,
-                latency_ms=gen.latency_ms,
-                ttft_ms=gen.ttft_ms,
-                completion_tokens=gen.completion_tokens,
-                tokens_per_s=gen.tokens_per_s,
+                latency_ms=latency_ms,
+                ttft_ms=ttft_ms,
+                completion_tokens=completion_tokens,
+                tokens_per_s=tokens_per_s,
             )
         )
         log.debug("%s %s: %s", adapter_id or BASE_LABEL, item.id, "ok" if score.correct else "miss")
@@ -266,6 +323,7 @@ def evaluate_model(
         tokens_per_s=statistics.fmean(r.tokens_per_s for r in results),
         max_new_tokens=max_new_tokens,
         system_prompt=system_prompt,
+        batch_size=batch_size,
     )
 
 
@@ -283,6 +341,168 @@ def gained_items(reference: EvalResult, candidate: EvalResult) -> list[str]:
     return lost_items(candidate, reference)
 
 
+
+def mcnemar_p(lost: int, gained: int) -> float:
+    """One-sided exact McNemar test: how likely `lost` or more of the discordant pairs go against
+    the candidate if it were as good as the reference (binomial, p = 1/2). Small means worse."""
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(lost, n + 1)) / 2**n
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """Candidate vs reference item by item on one set: what was lost, what was gained, and whether
+    the difference is more than chance (McNemar)."""
+
+    n: int
+    lost: tuple[str, ...]
+    gained: tuple[str, ...]
+
+    @property
+    def drop(self) -> float:
+        return (len(self.lost) - len(self.gained)) / self.n
+
+    @property
+    def p_worse(self) -> float:
+        return mcnemar_p(len(self.lost), len(self.gained))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "lost": list(self.lost), "gained": list(self.gained), "drop": self.drop,
+                "p_worse": self.p_worse}
+
+
+def paired(reference: EvalResult, candidate: EvalResult) -> PairedResult:
+    return PairedResult(reference.n, tuple(lost_items(reference, candidate)), tuple(gained_items(reference, candidate)))
+
+
+# --------------------------------------------------------------------------- drift
+
+
+@dataclass(frozen=True)
+class DriftItem:
+    id: str
+    tokens: int
+    base_nll: float
+    candidate_nll: float
+    prefix_kept: bool
+
+    @property
+    def extra_nll_per_token(self) -> float:
+        return (self.candidate_nll - self.base_nll) / self.tokens
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far the candidate moved from the base on prompts training never saw, without keywords:
+    the base's own greedy answers are scored under both models. `extra_nll_per_token` is the mean
+    extra negative log-likelihood per answer token (nats; 0 = the base's behaviour kept exactly),
+    `prefix_kept` the share of answers whose first `prefix_tokens` tokens the candidate would still
+    choose greedily."""
+
+    prefix_tokens: int
+    items: tuple[DriftItem, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.items)
+
+    @property
+    def tokens(self) -> int:
+        return sum(i.tokens for i in self.items)
+
+    @property
+    def extra_nll_per_token(self) -> float:
+        return sum(i.candidate_nll - i.base_nll for i in self.items) / max(self.tokens, 1)
+
+    @property
+    def base_nll_per_token(self) -> float:
+        return sum(i.base_nll for i in self.items) / max(self.tokens, 1)
+
+    @property
+    def prefix_kept(self) -> float:
+        return sum(i.prefix_kept for i in self.items) / max(self.n, 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {"n": self.n, "tokens": self.tokens, "extra_nll_per_token": self.extra_nll_per_token,
+                "base_nll_per_token": self.base_nll_per_token, "prefix_kept": self.prefix_kept,
+                "prefix_tokens": self.prefix_tokens}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "items": [asdict(i) for i in self.items]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Drift:
+        return cls(d["prefix_tokens"], tuple(DriftItem(**i) for i in d["items"]))
+
+
+def _score_with(
+    adapters: AdapterSet, adapter_id: str | None, conversations: list[list[dict[str, str]]], answers: list[str],
+    batch_size: int,
+) -> list[Any]:
+    from cl_assets.core.batch_decode import score_answers
+
+    with adapters.using(adapter_id) as model:
+        return score_answers(model, adapters.tokenizer, conversations, answers, prefix=DRIFT_PREFIX_TOKENS,
+                             batch_size=batch_size)
+
+
+def measure_drift(
+    adapters: AdapterSet,
+    candidate_id: str,
+    base_answers: EvalResult,
+    *,
+    batch_size: int = 16,
+    base_scores: list[tuple[float, int]] | None = None,
+) -> tuple[Drift, list[tuple[float, int]]]:
+    """Score the base's answers in `base_answers` under the candidate (and the base, unless
+    `base_scores` is given); returns the drift and the base's scores for caching."""
+    conversations = [_messages(item, base_answers.system_prompt) for item in base_answers.items]
+    answers = [item.answer for item in base_answers.items]
+    if base_scores is None:
+        base_scores = [(s.nll, s.tokens) for s in _score_with(adapters, None, conversations, answers, batch_size)]
+    candidate = _score_with(adapters, candidate_id, conversations, answers, batch_size)
+    items = tuple(
+        DriftItem(item.id, c.tokens, b_nll, c.nll, c.prefix_kept)
+        for item, (b_nll, _), c in zip(base_answers.items, base_scores, candidate, strict=True)
+    )
+    return Drift(DRIFT_PREFIX_TOKENS, items), base_scores
+
+
+# --------------------------------------------------------------------------- base-model cache
+
+
+def _base_cache_key(adapters: AdapterSet, kind: str, items: Sequence[QAItem], max_new_tokens: int,
+                    system_prompt: str | None, batch_size: int | None) -> str:
+    from cl_assets.core.anchor import base_fingerprint
+
+    blob = json.dumps(
+        {"format": 1, "kind": kind, "base": base_fingerprint(adapters.base.source), "system": system_prompt,
+         "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+         "items": [[i.id, i.prompt, list(i.keywords)] for i in items]},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _read_cache(cache_dir: Path | None, key: str) -> dict[str, Any] | None:
+    if cache_dir is None:
+        return None
+    path = Path(cache_dir) / f"{key}.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(cache_dir: Path | None, key: str, value: dict[str, Any]) -> None:
+    if cache_dir is not None:
+        from cl_assets.core.files import atomic_write_text
+
+        atomic_write_text(Path(cache_dir) / f"{key}.json", json.dumps(value))
+
+
 # --------------------------------------------------------------------------- comparison
 
 
@@ -295,6 +515,7 @@ class Comparison:
     taught: dict[str, EvalResult]  # label ("base", adapter id) -> result
     general: dict[str, EvalResult] = field(default_factory=dict)
     out_dir: Path | None = None
+    drift: Drift | None = None
 
     @property
     def base_taught(self) -> EvalResult:
@@ -327,6 +548,13 @@ class Comparison:
             return []
         return lost_items(self.general[BASE_LABEL], self.general[self.candidate])
 
+    @property
+    def general_paired(self) -> PairedResult | None:
+        """Candidate vs base item by item on the general set (the forgetting gate judges this)."""
+        if not self.general:
+            return None
+        return paired(self.general[BASE_LABEL], self.general[self.candidate])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "candidate": self.candidate,
@@ -341,9 +569,12 @@ class Comparison:
                     gained_items(self.deployed_taught, self.candidate_taught) if self.deployed_taught else []
                 ),
                 "lost_vs_base_general": self.lost_vs_base_general,
+                "general_paired": self.general_paired.to_dict() if self.general_paired else None,
+                "drift": self.drift.summary() if self.drift else None,
             },
             "taught": {k: v.to_dict() for k, v in self.taught.items()},
             "general": {k: v.to_dict() for k, v in self.general.items()},
+            "drift": self.drift.to_dict() if self.drift else None,
         }
 
     @classmethod
@@ -354,6 +585,7 @@ class Comparison:
             taught={k: EvalResult.from_dict(v) for k, v in d["taught"].items()},
             general={k: EvalResult.from_dict(v) for k, v in d["general"].items()},
             out_dir=out_dir,
+            drift=Drift.from_dict(d["drift"]) if d.get("drift") else None,
         )
 
 
@@ -373,32 +605,67 @@ def compare_adapters(
     out_dir: str | Path | None = None,
     max_new_tokens: int = 48,
     system_prompt: str | None = None,
+    batch_size: int = 16,
+    base_cache_dir: str | Path | None = None,
+    progress: Progress | None = None,
 ) -> Comparison:
     """Evaluate base, `candidate_id` and `deployed_id` (loaded in `adapters`) on the same prompts.
 
-    With `out_dir`, writes report.json, report.md and accuracy.png there atomically (an older
-    report in that folder is replaced as a whole).
+    The taught set is answered one question at a time (its latency and TTFT are the chat's); the
+    general set in batches of `batch_size` (accuracy only), and the base's general answers are
+    then scored under the candidate for the drift figure. The base model's results depend only
+    on the base, the items and the settings, so with `base_cache_dir` they are computed once and
+    reused by later cycles. With `out_dir`, writes report.json, report.md, accuracy.png and
+    drift.png there atomically (an older report in that folder is replaced as a whole).
     """
     for adapter_id in (candidate_id, deployed_id):
         if adapter_id is not None and adapter_id not in adapters.loaded:
             raise ValueError(f"Adapter {adapter_id} is not loaded in the AdapterSet; call ensure_loaded first.")
     if deployed_id == candidate_id:
         deployed_id = None  # re-evaluating the deployed adapter: nothing to compare it against
-    labels: list[str | None] = [None, candidate_id] + ([deployed_id] if deployed_id else [])
+    say = progress or (lambda message: None)
+    cache = Path(base_cache_dir) if base_cache_dir is not None else None
     previous = adapters.active
+    drift = None
     try:
-        taught_results = {
-            (a or BASE_LABEL): evaluate_model(adapters, taught, a, max_new_tokens, system_prompt) for a in labels
-        }
-        # Forgetting is about the candidate vs the base; the deployed one is not needed here.
-        general_results = (
-            {(a or BASE_LABEL): evaluate_model(adapters, general, a, max_new_tokens, system_prompt) for a in labels[:2]}
-            if general
-            else {}
-        )
+        key = _base_cache_key(adapters, "taught", taught, max_new_tokens, system_prompt, None)
+        cached = _read_cache(cache, key)
+        if cached is not None:
+            base_taught = EvalResult.from_dict(cached["result"])
+        else:
+            say(f"base model: {len(taught)} taught questions")
+            base_taught = evaluate_model(adapters, taught, None, max_new_tokens, system_prompt)
+            _write_cache(cache, key, {"result": base_taught.to_dict()})
+        taught_results = {BASE_LABEL: base_taught}
+        for adapter_id in [candidate_id] + ([deployed_id] if deployed_id else []):
+            say(f"{adapter_id}: {len(taught)} taught questions")
+            taught_results[adapter_id] = evaluate_model(adapters, taught, adapter_id, max_new_tokens, system_prompt)
+        general_results: dict[str, EvalResult] = {}
+        if general:
+            # Forgetting is about the candidate vs the base; the deployed one is not needed here.
+            key = _base_cache_key(adapters, "general", general, max_new_tokens, system_prompt, batch_size)
+            cached = _read_cache(cache, key)
+            if cached is not None:
+                base_general = EvalResult.from_dict(cached["result"])
+                base_scores = [tuple(x) for x in cached["scores"]]
+            else:
+                base_general = evaluate_model(adapters, general, None, max_new_tokens, system_prompt,
+                                              batch_size=batch_size, progress=say)
+                base_scores = None
+            general_results = {
+                BASE_LABEL: base_general,
+                candidate_id: evaluate_model(adapters, general, candidate_id, max_new_tokens, system_prompt,
+                                             batch_size=batch_size, progress=say),
+            }
+            say(f"drift: scoring {len(general)} base answers under {candidate_id}")
+            drift, scores = measure_drift(adapters, candidate_id, base_general, batch_size=batch_size,
+                                          base_scores=base_scores)  # type: ignore[arg-type]
+            if cached is None:
+                _write_cache(cache, key, {"result": base_general.to_dict(), "scores": scores})
     finally:
         adapters.activate(previous)
-    report = Comparison(candidate=candidate_id, deployed=deployed_id, taught=taught_results, general=general_results)
+    report = Comparison(candidate=candidate_id, deployed=deployed_id, taught=taught_results,
+                        general=general_results, drift=drift)
     if out_dir is not None:
         report = write_report(report, Path(out_dir))
     return report
@@ -413,6 +680,7 @@ def compare_for_snapshot(
     deployed_id: str | None = None,
     deployed_path: str | Path | None = None,
     system_prompt: str | None = None,
+    progress: Progress | None = None,
 ) -> Comparison:
     """`compare_adapters` wired to Settings: QA sets from `qa_eval_path` / `qa_general_path`
     (the general one is optional), output in `eval_dir / candidate_id`."""
@@ -432,6 +700,9 @@ def compare_for_snapshot(
         out_dir=settings.eval_dir / candidate_id,
         max_new_tokens=settings.eval_max_new_tokens,
         system_prompt=system_prompt,
+        batch_size=settings.eval_batch_size,
+        base_cache_dir=settings.eval_dir / ".base_cache",
+        progress=progress,
     )
 
 
@@ -445,8 +716,10 @@ def write_report(report: Comparison, out_dir: Path) -> Comparison:
         (tmp / REPORT_JSON).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         (tmp / REPORT_MD).write_text(format_report(report) + "\n", encoding="utf-8")
         plot_comparison(report, tmp / REPORT_PNG)
+        if report.drift is not None:
+            plot_drift(report.drift, tmp / DRIFT_PNG, report.candidate)
     log.info("Evaluation report for %s written to %s", report.candidate, out_dir)
-    return Comparison(report.candidate, report.deployed, report.taught, report.general, out_dir)
+    return dataclasses.replace(report, out_dir=out_dir)
 
 
 def plot_comparison(report: Comparison, path: Path) -> Path:
@@ -472,6 +745,27 @@ def plot_comparison(report: Comparison, path: Path) -> Path:
     ax.set_ylabel("accuracy (all keywords)")
     ax.set_title(f"Candidate {report.candidate}")
     ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_drift(drift: Drift, path: Path, candidate: str) -> Path:
+    """Histogram of the extra NLL per token of each base answer under the candidate."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.hist([i.extra_nll_per_token for i in drift.items], bins=30, color="tab:purple", alpha=0.8)
+    ax.axvline(0, color="black", linewidth=1)
+    ax.axvline(drift.extra_nll_per_token, color="tab:red", linestyle="--", label=f"mean {drift.extra_nll_per_token:+.3f}")
+    ax.set_xlabel("extra NLL per token of the base's answer under the candidate (nats)")
+    ax.set_ylabel("prompts")
+    ax.set_title(f"Drift of {candidate}: {drift.prefix_kept:.0%} of {drift.n} answers start the same "
+                 f"({drift.prefix_tokens} tokens)", fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
@@ -510,6 +804,13 @@ def format_report(result: EvalResult | Comparison) -> str:
         lines += ["", f"## General set (n={r.general[r.candidate].n})", "", _TABLE_HEAD]
         lines += [_result_line(v) for v in r.general.values()]
         lines += ["", f"Forgetting (base − candidate on the general set): {r.forgetting:+.1%}"]
+        pair = r.general_paired
+        if pair is not None:
+            lines.append(f"Paired: lost {len(pair.lost)}, gained {len(pair.gained)} of {pair.n} "
+                         f"(one-sided McNemar p = {pair.p_worse:.3f})")
+        if r.drift is not None:
+            lines.append(f"Drift on {r.drift.n} base answers: {r.drift.extra_nll_per_token:+.3f} nats/token, "
+                         f"{r.drift.prefix_kept:.0%} start with the same {r.drift.prefix_tokens} tokens")
         if r.lost_vs_base_general:
             lines.append(f"General items the base answered and the candidate lost: {', '.join(r.lost_vs_base_general)}")
     if r.deployed_taught is not None:

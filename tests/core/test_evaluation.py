@@ -196,7 +196,14 @@ def test_compare_adapters_writes_the_report(adapters: AdapterSet, tmp_path: Path
     alone = E.evaluate_model(adapters, taught, candidate, max_new_tokens=4)
     assert [i.answer for i in alone.items] == [i.answer for i in report.candidate_taught.items]
 
-    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "drift.png", "report.json", "report.md"]
+    # the general set is answered in batches, with the answers of the one-by-one path
+    alone_general = E.evaluate_model(adapters, general, candidate, max_new_tokens=4)
+    assert [i.answer for i in alone_general.items] == [i.answer for i in report.general[candidate].items]
+    assert report.general[candidate].batch_size == 16 and report.candidate_taught.batch_size is None
+    # drift: the base's general answers scored under the candidate, one item per general prompt
+    assert report.drift is not None and [i.id for i in report.drift.items] == ["g1"]
+    assert report.general_paired is not None and report.general_paired.n == 1
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads((out / "report.json").read_text())
     assert data["candidate"] == candidate and data["deployed"] == deployed
@@ -204,6 +211,8 @@ def test_compare_adapters_writes_the_report(adapters: AdapterSet, tmp_path: Path
     assert "t2" in (out / "report.md").read_text()
     reloaded = E.load_report(out)
     assert reloaded.taught == report.taught and reloaded.general == report.general
+    assert reloaded.drift == report.drift
+    assert data["summary"]["drift"]["n"] == 1 and "McNemar" in (out / "report.md").read_text()
     assert reloaded.out_dir == out == report.out_dir
 
     # a second run replaces the folder as a whole and leaves no temp folders behind
@@ -225,6 +234,26 @@ def test_compare_for_snapshot_uses_settings(adapters: AdapterSet, tiny_adapter_d
     # No general set in this data folder: the shipped one from the checkout is used.
     assert report.general["base"].n == len(E.load_qa(REPO / "data" / "qa_general.jsonl"))
     assert report.candidate_taught.max_new_tokens == 3
+
+
+def test_base_results_are_cached_and_reused(adapters: AdapterSet, tmp_path: Path) -> None:
+    candidate, _ = list(adapters.loaded)
+    taught = [E.QAItem(prompt="Where do you ship from?", keywords=("the",), id="t1")]
+    general = [E.QAItem(prompt=f"What is {n} plus {n}?", keywords=(str(2 * n),), id=f"g{n}") for n in range(5)]
+    cache = tmp_path / "cache"
+    seen: list[str] = []
+    first = E.compare_adapters(adapters, candidate, taught=taught, general=general, max_new_tokens=4,
+                               base_cache_dir=cache, progress=seen.append)
+    assert len(list(cache.glob("*.json"))) == 2 and any("base" in m for m in seen)
+    seen.clear()
+    second = E.compare_adapters(adapters, candidate, taught=taught, general=general, max_new_tokens=4,
+                                base_cache_dir=cache, progress=seen.append)
+    assert not any(m.startswith("base") for m in seen)  # nothing asked of the base model again
+    assert second.general["base"] == first.general["base"] and second.taught["base"] == first.taught["base"]
+    assert second.drift == first.drift
+    # a different item set is a different key: never a stale answer for a changed question
+    E.compare_adapters(adapters, candidate, taught=taught, general=general[:3], max_new_tokens=4, base_cache_dir=cache)
+    assert len(list(cache.glob("*.json"))) == 3
 
 
 def test_compare_requires_loaded_adapters(adapters: AdapterSet) -> None:

@@ -1,4 +1,10 @@
-"""The real SmolLM2 through one learning cycle: curate the demo data → train → evaluate."""
+"""The real SmolLM2 through one learning cycle on the demo data, with the default settings:
+curate → train (anchored by the base's own behaviour) → evaluate → gate.
+
+This is the product's central promise, asserted: the adapter learns the taught facts, keeps the
+general knowledge of the base (paired, on 265 questions), and drifts little, so the gate lets it
+serve without being forced. See docs/learning.md for the measured figures.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,15 @@ import pytest
 from cl_assets.core.cycle import curate_partition, evaluate_partition, train_partition
 from cl_assets.core.ingest import Ingestor
 from cl_assets.core.training import TrainConfig
+from cl_assets.settings import Settings
 from tests.conftest import REPO, make_settings
 
 
 @pytest.mark.slow
-def test_real_smollm2_learns_the_taught_facts(tmp_path: Path, smollm2_dir: Path) -> None:
-    settings = make_settings(tmp_path, base_model=str(smollm2_dir))
+def test_real_smollm2_learns_the_taught_facts_without_forgetting(tmp_path: Path, smollm2_dir: Path) -> None:
+    # conftest turns anchoring off for the tiny models; this test runs the real default.
+    anchor_rows = Settings.model_fields["anchor_rows"].default
+    settings = make_settings(tmp_path, base_model=str(smollm2_dir), anchor_rows=anchor_rows)
     settings.data_dir.mkdir(parents=True)
     for name in ("qa_eval.jsonl", "qa_general.jsonl"):
         shutil.copy(REPO / "data" / name, settings.data_dir / name)
@@ -30,17 +39,26 @@ def test_real_smollm2_learns_the_taught_facts(tmp_path: Path, smollm2_dir: Path)
     evaluated = evaluate_partition(settings, ingestor.store, sid, smollm2_dir)
 
     report = evaluated.report
-    base, tuned = report.base_taught.accuracy, report.candidate_taught.accuracy
+    record = json.loads((trained.output_dir / "training.json").read_text())
+    pair, drift = report.general_paired, report.drift
+    assert pair is not None and drift is not None
     figures = {
         "snapshot_rows": curated.snapshot.n_rows,
+        "anchor_rows": record["anchor"]["rows"] if record["anchor"] else 0,
         "train": {"steps": trained.steps, "final_loss": trained.final_loss, "tokens_per_s": trained.tokens_per_s,
                   "duration_s": trained.duration_s, "mode": trained.mode},
-        "taught": {"base": base, "adapter": tuned},
+        "taught": {k: v.accuracy for k, v in report.taught.items()},
         "general": {k: v.accuracy for k, v in report.general.items()},
+        "general_paired": {"n": pair.n, "lost": len(pair.lost), "gained": len(pair.gained), "p_worse": pair.p_worse},
+        "drift": drift.summary(),
         "gates": {g.name: [g.passed, g.reason] for g in evaluated.gates},
     }
     (tmp_path / "learning_figures.json").write_text(json.dumps(figures, indent=2))
     print(json.dumps(figures, indent=2))
-    assert tuned >= base + 0.5, figures
-    # Forgetting is measured and gated (see docs/learning.md), not asserted here: the gate decides.
-    assert report.forgetting is not None
+
+    assert figures["anchor_rows"] >= 100, figures  # the shipped anchor set of the embedded base was used
+    assert report.general[list(report.general)[0]].n >= 200
+    assert report.candidate_taught.accuracy >= 0.90, figures
+    assert pair.drop <= 0.02, figures
+    assert drift.extra_nll_per_token <= 0.25, figures
+    assert evaluated.passed, figures  # deployable through the gate, not forced

@@ -218,14 +218,19 @@ def test_config_from_settings_and_cpu_conversions(tmp_path: Path) -> None:
     assert (lora.r, lora.lora_alpha, lora.target_modules, lora.task_type) == (4, 8, "all-linear", "CAUSAL_LM")
 
     sft = config.to_sft_config(tmp_path / "o")
-    assert (sft.bf16, sft.use_cpu, sft.gradient_checkpointing) == (False, True, False)
+    from cl_assets.core.training.device import cpu_has_native_bf16
+
+    # bf16 autocast only where the CPU runs bf16 natively (unset CL_TRAIN_CPU_BF16)
+    assert (sft.bf16, sft.use_cpu, sft.gradient_checkpointing) == (cpu_has_native_bf16(), True, False)
+    assert config.replace(cpu_bf16=False).to_sft_config(tmp_path / "o").bf16 is False
+    assert config.replace(cpu_bf16=True).to_sft_config(tmp_path / "o").bf16 is True
     assert sft.report_to in ([], "none", ["none"])
     assert str(sft.save_strategy.value if hasattr(sft.save_strategy, "value") else sft.save_strategy) == "no"
     assert (sft.completion_only_loss, sft.packing, sft.padding_free) == (True, False, False)
     assert sft.train_sampling_strategy == "random"  # padding-free: grouping by length would buy nothing
     assert config.replace(padding_free=False).to_sft_config(tmp_path / "o").train_sampling_strategy == "group_by_length"
     assert (sft.max_steps, sft.learning_rate, sft.per_device_train_batch_size, sft.seed) == (9, 5e-4, 3, 7)
-    kto = config.to_kto_config(tmp_path / "o")
+    kto = config.replace(cpu_bf16=False).to_kto_config(tmp_path / "o")
     assert (kto.beta, kto.bf16, kto.train_sampling_strategy, kto.max_length) == (0.1, False, "sequential", 256)
 
 
@@ -335,6 +340,23 @@ def test_same_seed_gives_the_same_loss(sft_run, sft_snapshot: Path, tiny_model_d
     first = json.loads((result.output_dir / TRAINING_JSON).read_text())["loss_history"]
     second = json.loads((again.output_dir / TRAINING_JSON).read_text())["loss_history"]
     assert [e["loss"] for e in second] == pytest.approx([e["loss"] for e in first], abs=1e-6)
+
+
+def test_anchor_rows_are_mixed_in_and_recorded(sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    anchor = write_jsonl(tmp_path / "anchor.jsonl", [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"What is {n} + {n}?"},
+                      {"role": "assistant", "content": f"{n} + {n} is {2 * n}."}]} for n in range(6)
+    ])
+    result = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "anchored", TrainConfig(max_steps=2, **TINY),
+                           anchor_path=anchor)
+    record = json.loads((result.output_dir / TRAINING_JSON).read_text())
+    assert record["anchor"]["rows"] == 6 and record["anchor"]["snapshot_rows"] == len(FACTS)
+    assert record["anchor"]["sha256"] == snapshot_sha256(anchor)
+    assert record["snapshot"]["rows"] == len(FACTS) and record["metrics"]["rows"] == len(FACTS) + 6
+    bad = write_jsonl(tmp_path / "bad_anchor.jsonl", [{"messages": [{"role": "user", "content": "<|im_start|>x"}]}])
+    with pytest.raises(SnapshotError):
+        train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "never", TrainConfig(max_steps=1, **TINY), anchor_path=bad)
+    assert not (tmp_path / "never").exists()
 
 
 def test_warm_start_records_the_parent_and_starts_from_its_weights(

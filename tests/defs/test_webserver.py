@@ -60,7 +60,7 @@ def test_webserver_loads_all_assets_checks_and_sensors(tmp_path: Path) -> None:
 
     assets = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
     assert set(assets) == {
-        "raw_interactions", "knowledge_facts", "curated_snapshot", "lora_adapter",
+        "raw_interactions", "knowledge_facts", "curated_snapshot", "base_anchor", "lora_adapter",
         "adapter_eval", "deployed_adapter", "quality_metrics",
     }
     checks = {c["name"]: c["blocking"] for n in assets.values() for c in n["assetChecksOrError"]["checks"]}

@@ -18,7 +18,8 @@ SALT = "test-salt-not-secret"
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a `cl`/python child that sees the same home, database and salt."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CL_") or k == "CL_TEST_PG_URL"}
+    # CL_ANCHOR_ROWS: conftest turns anchoring off for the tiny model; children inherit that.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CL_") or k in {"CL_TEST_PG_URL", "CL_ANCHOR_ROWS"}}
     env.update({"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     env["CL_USER_HASH_SALT"] = SALT
     for name in sorted(settings.model_fields_set):  # every value the test chose, as CL_* variables

@@ -82,6 +82,10 @@ class TrainConfig:
         default=False,
         metadata={"help": "Recompute activations in the backward pass: less memory, ~20-30% slower. Off on CPU."},
     )
+    cpu_bf16: bool | None = field(
+        default=None,
+        metadata={"help": "CPU only: bf16 autocast over fp32 weights. None: on where the CPU runs bf16 natively."},
+    )
     logging_steps: int = field(default=1, metadata={"help": "Optimizer steps between loss logs / progress calls."})
     seed: int = field(default=42, metadata={"help": "Seed of LoRA init, data order and dropout."})
 
@@ -127,6 +131,7 @@ class TrainConfig:
             "lora_alpha": settings.lora_alpha,
             "max_length": settings.train_max_length,
             "seed": settings.seed,
+            "cpu_bf16": settings.train_cpu_bf16,
         }
         values.update(overrides)
         return cls(**values)
@@ -158,7 +163,7 @@ class TrainConfig:
     def _common_args(self, output_dir: Path, precision: Precision | None) -> dict[str, Any]:
         from cl_assets.core.training.device import detect_precision
 
-        precision = precision or detect_precision()
+        precision = precision or detect_precision(self.cpu_bf16)
         return {
             "output_dir": str(output_dir),
             "num_train_epochs": self.epochs,

@@ -4,7 +4,9 @@ One code path for all three; only model loading and the bf16 flag differ:
 
 - CUDA and bitsandbytes importable: 4-bit QLoRA (nf4, double quantization, bf16 compute).
 - CUDA without bitsandbytes: LoRA on a bf16 base model.
-- CPU: LoRA on an fp32 base model (bf16 autocast on CPU is slow and TRL's bf16 default fails).
+- CPU with native bf16 (AVX512-BF16 or AMX, as oneDNN reports it): fp32 weights with bf16
+  autocast; measured 1.84x the fp32 tokens/s at the same taught accuracy (bench/training.py).
+- Other CPUs: LoRA in fp32 (emulated bf16 is slower than fp32 there).
 
 bitsandbytes is an optional `cuda` extra; it is imported only when CUDA is present, since on
 CPU it adds ~0.8 s to every import and logs a warning (STACK-NOTES).
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 QLORA_CUDA = "qlora-nf4-cuda"
 LORA_BF16_CUDA = "lora-bf16-cuda"
 LORA_FP32_CPU = "lora-fp32-cpu"
+LORA_BF16_AUTOCAST_CPU = "lora-bf16-autocast-cpu"
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,24 @@ def _bitsandbytes_importable() -> bool:
     return True
 
 
-def detect_precision() -> Precision:
+def cpu_has_native_bf16() -> bool:
+    import torch
+
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def detect_precision(cpu_bf16: bool | None = None) -> Precision:
+    """`cpu_bf16`: None decides by the CPU (bf16 autocast only where it is native), True/False force it."""
     import torch
 
     if torch.cuda.is_available():
         if _bitsandbytes_importable():
             return Precision(QLORA_CUDA, "cuda", "bfloat16", bf16=True, quantize_4bit=True)
         return Precision(LORA_BF16_CUDA, "cuda", "bfloat16", bf16=True, quantize_4bit=False)
+    if cpu_bf16 if cpu_bf16 is not None else cpu_has_native_bf16():
+        return Precision(LORA_BF16_AUTOCAST_CPU, "cpu", "float32", bf16=True, quantize_4bit=False)
     return Precision(LORA_FP32_CPU, "cpu", "float32", bf16=False, quantize_4bit=False)

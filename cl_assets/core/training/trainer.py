@@ -120,13 +120,16 @@ def train_adapter(
     *,
     parent_adapter: Path | None = None,
     snapshot_sha256: str | None = None,
+    anchor_path: Path | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on a ChatML snapshot and write it to `output_dir` (which must not exist).
 
     `parent_adapter` warm-starts from an earlier adapter (loaded trainable) instead of a fresh
     LoRA; its own LoRA shape then wins over `config.lora_*`. `snapshot_sha256`, when given, must
-    match the file: snapshots are immutable, so a mismatch means the wrong file.
+    match the file: snapshots are immutable, so a mismatch means the wrong file. `anchor_path`
+    is the base model's own answers to general prompts (`core/anchor.py`), mixed into the rows
+    so the update stays local.
     """
     snapshot_path = Path(snapshot_path)
     output_dir = Path(output_dir)
@@ -139,6 +142,14 @@ def train_adapter(
 
     # Validate the data before paying for a model load.
     rows = load_rows(snapshot_path, config.mode, config.system_prompt)
+    anchor = None
+    if anchor_path is not None:
+        anchor_rows = load_rows(Path(anchor_path), "sft")
+        if config.mode == "kto":  # the base's own answers are desirable behaviour
+            anchor_rows = [{**row, "label": True} for row in anchor_rows]
+        anchor = {"path": str(Path(anchor_path).resolve()), "sha256": file_sha256(Path(anchor_path)),
+                  "rows": len(anchor_rows), "snapshot_rows": len(rows)}
+        rows = rows + anchor_rows
     actual_sha = file_sha256(snapshot_path)
     if snapshot_sha256 is not None and snapshot_sha256 != actual_sha:
         raise SnapshotError(
@@ -155,6 +166,7 @@ def train_adapter(
             base_model=base_model,
             config=config,
             parent_adapter=Path(parent_adapter) if parent_adapter is not None else None,
+            anchor=anchor,
             progress=progress,
         )
     log.info(
@@ -265,11 +277,12 @@ def _train_into(
     config: TrainConfig,
     parent_adapter: Path | None,
     progress: Callable[[TrainProgress], None] | None,
+    anchor: dict[str, Any] | None = None,
 ) -> TrainResult:
     from transformers import AutoTokenizer, set_seed
 
     started = time.perf_counter()
-    precision = detect_precision()
+    precision = detect_precision(config.cpu_bf16)
     set_seed(config.seed)  # before the model: LoRA's A matrices are drawn at wrap time
     callback = _progress_callback_class()(progress)
     with _quiet_progress_bars():
@@ -321,7 +334,9 @@ def _train_into(
     record = {
         "format": 1,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "snapshot": {"path": str(snapshot_path.resolve()), "sha256": snapshot_sha, "rows": len(rows)},
+        "snapshot": {"path": str(snapshot_path.resolve()), "sha256": snapshot_sha,
+                     "rows": anchor["snapshot_rows"] if anchor else len(rows)},
+        "anchor": anchor,
         "base_model": str(base_model),
         "parent_adapter": str(Path(parent_adapter).resolve()) if parent_adapter is not None else None,
         "train_mode": config.mode,

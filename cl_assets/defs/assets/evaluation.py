@@ -4,6 +4,7 @@
 from dagster import AssetCheckResult, AssetCheckSpec, AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from cl_assets.core.cycle import evaluate_partition
+from cl_assets.core.evaluation import DRIFT_PNG
 from cl_assets.defs.metadata import image
 from cl_assets.defs.partitions import snapshot_partitions
 from cl_assets.defs.resources import BaseModelResource, StoreResource
@@ -22,14 +23,17 @@ from cl_assets.defs.resources import BaseModelResource, StoreResource
         AssetCheckSpec("eval_not_worse_than_deployed", asset="adapter_eval", blocking=True,
                        description="Accuracy not below the deployed adapter's and few items lost, item by item."),
         AssetCheckSpec("forgetting_within_bound", asset="adapter_eval", blocking=True,
-                       description="General-set accuracy drops at most CL_GATE_MAX_FORGETTING below the base."),
+                       description="General set: net drop at most CL_GATE_MAX_FORGETTING, losses not beyond chance "
+                       "(McNemar, CL_GATE_FORGETTING_ALPHA), drift at most CL_GATE_MAX_DRIFT nats/token."),
     ],
 )
 def adapter_eval(context: AssetExecutionContext, store: StoreResource, base_model: BaseModelResource):
     settings = store.settings.get()
-    evaluated = evaluate_partition(settings, store.get(), context.partition_key, base_model.folder())
+    evaluated = evaluate_partition(settings, store.get(), context.partition_key, base_model.folder(),
+                                   progress=context.log.info)
     report = evaluated.report
     summary = report.to_dict()["summary"]
+    pair, drift = report.general_paired, report.drift
     context.log.info(f"taught accuracy {summary['taught_accuracy']}, general {summary['general_accuracy']}")
     cand = report.candidate_taught
     yield MaterializeResult(
@@ -39,12 +43,18 @@ def adapter_eval(context: AssetExecutionContext, store: StoreResource, base_mode
             "base_accuracy": report.base_taught.accuracy,
             "deployed": report.deployed or "none",
             "forgetting": summary["forgetting"] if summary["forgetting"] is not None else "n/a",
+            "general_lost": len(pair.lost) if pair else 0,
+            "general_gained": len(pair.gained) if pair else 0,
+            "general_mcnemar_p": pair.p_worse if pair else 1.0,
+            "drift_nll_per_token": drift.extra_nll_per_token if drift else "n/a",
+            "drift_prefix_kept": drift.prefix_kept if drift else "n/a",
             "latency_p50_ms": cand.latency_p50_ms,
             "latency_p95_ms": cand.latency_p95_ms,
             "tokens_per_s": cand.tokens_per_s,
             "gate_passed": evaluated.passed,
             "report": MetadataValue.path(str(report.out_dir)),
             "chart": image(evaluated.chart, "accuracy per model"),
+            **({"drift_chart": image(report.out_dir / DRIFT_PNG, "drift from the base")} if drift else {}),
         }
     )
     for gate in evaluated.gates:

@@ -10,8 +10,39 @@ from cl_assets.defs.resources import BaseModelResource, StoreResource
 
 
 @asset(
+    group_name="training",
+    kinds={"pytorch", "python"},
+    owners=["team:cl"],
+    code_version="1",
+    description="The base model's own greedy answers to general prompts it synthesized itself (Magpie-style), "
+    "built once per base model and mixed into every training run so an update stays local "
+    "(data/anchors/<key>/anchor.jsonl; lora_adapter builds it too when it is missing).",
+)
+def base_anchor(context: AssetExecutionContext, store: StoreResource, base_model: BaseModelResource):
+    from cl_assets.core.anchor import read_anchor_rows
+    from cl_assets.core.cycle import ensure_anchor
+
+    settings = store.settings.get()
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        context.log.info(f"anchor set: {stage} {done}/{total}")
+
+    path = ensure_anchor(settings, base_model.folder(), on_progress)
+    if path is None:
+        return MaterializeResult(metadata={"rows": 0, "note": "CL_ANCHOR_ROWS=0: training is not anchored"})
+    rows = read_anchor_rows(path)
+    return MaterializeResult(
+        metadata={
+            "rows": len(rows),
+            "mean_answer_chars": round(sum(len(r["messages"][-1]["content"]) for r in rows) / len(rows), 1),
+            "path": MetadataValue.path(str(path)),
+        }
+    )
+
+
+@asset(
     partitions_def=snapshot_partitions,
-    deps=["curated_snapshot"],
+    deps=["curated_snapshot", "base_anchor"],
     group_name="training",
     kinds={"pytorch", "python"},
     owners=["team:cl"],
