@@ -9,6 +9,7 @@ import pytest
 
 from cl_assets.core import anchor as A
 from cl_assets.core.model import load_base_model
+from cl_assets.settings import Settings
 
 
 def _spec(**changes: object) -> A.AnchorSpec:
@@ -117,8 +118,8 @@ def test_the_real_base_model_synthesizes_and_answers_its_own_prompts(smollm2_dir
     from cl_assets.core.model import generate
 
     base = load_base_model(smollm2_dir)
-    spec = A.AnchorSpec(base_model=A.base_fingerprint(smollm2_dir), system_prompt="You are a helpful assistant.",
-                        rows=6, prompt_tokens=32, answer_tokens=48)
+    # The chat's own system prompt asks for brief answers: most end within the 64-token limit.
+    spec = A.AnchorSpec(base_model=A.base_fingerprint(smollm2_dir), system_prompt=Settings().system_prompt, rows=6)
     first = A.synthesize_prompts(base, spec, 8)
     assert first == A.synthesize_prompts(base, spec, 8)  # seeded: the same prompts every time
     path, reused = A.ensure_anchor_set(tmp_path, base, spec, exclude=first[:2])
@@ -129,7 +130,7 @@ def test_the_real_base_model_synthesizes_and_answers_its_own_prompts(smollm2_dir
     assert not set(prompts) & set(first[:2]) and len(set(prompts)) == len(prompts)
     for row in rows[:2]:  # each answer is the base's own greedy answer to its prompt
         assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
-        again = generate(base.model, base.tokenizer, row["messages"][:2], max_new_tokens=48)
+        again = generate(base.model, base.tokenizer, row["messages"][:2], max_new_tokens=spec.answer_tokens)
         assert again.text.strip() == row["messages"][2]["content"]
     assert A.ensure_anchor_set(tmp_path, base, spec) == (path, True)
     meta = json.loads((path.parent / A.ANCHOR_META).read_text())
