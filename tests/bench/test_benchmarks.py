@@ -52,6 +52,7 @@ def test_ingestion(tmp_path: Path, bench_env: dict[str, str]) -> None:
     assert {"generated", "presidio synth_dataset_v2", "presidio recognizer vectors"} <= corpora
     systems = [row[1] for row in table(result, "Throughput")["rows"]]
     assert any("Presidio" in s for s in systems) and any("sanitize + store" in s for s in systems)
+    assert any("sanitizer removed (ceiling)" in s for s in systems)
     assert table(result, "Where `import_jsonl`'s time goes")["rows"]
     assert any("≥ 50×" == c["target"] for c in result["checks"])
 
