@@ -288,9 +288,14 @@ def test_sft_writes_a_loadable_adapter_with_its_record(sft_run, sft_snapshot: Pa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from cl_assets.core.training.device import detect_precision
+
     result, events, config = sft_run
     out = result.output_dir
-    assert result.mode == "lora-fp32-cpu" and result.steps == 4
+    # The CPU default: bf16 autocast where the CPU runs bf16 natively, fp32 elsewhere.
+    expected = detect_precision(None)
+    assert expected.device == "cpu" and expected.mode in ("lora-fp32-cpu", "lora-bf16-autocast-cpu")
+    assert result.mode == expected.mode and result.steps == 4
     assert math.isfinite(result.final_loss) and result.tokens > 0 and result.tokens_per_s > 0
     assert {"adapter_config.json", "adapter_model.safetensors", TRAINING_JSON, LOSS_CURVE_PNG} <= {
         p.name for p in out.iterdir()
@@ -305,9 +310,9 @@ def test_sft_writes_a_loadable_adapter_with_its_record(sft_run, sft_snapshot: Pa
         "rows": len(FACTS),
     }
     assert record["parent_adapter"] is None
-    assert (record["mode"], record["device"], record["train_mode"]) == ("lora-fp32-cpu", "cpu", "sft")
+    assert (record["mode"], record["device"], record["train_mode"]) == (expected.mode, "cpu", "sft")
     assert record["config"]["learning_rate"] == config.learning_rate
-    assert record["training_arguments"]["max_steps"] == 4 and record["training_arguments"]["bf16"] is False
+    assert record["training_arguments"]["max_steps"] == 4 and record["training_arguments"]["bf16"] is expected.bf16
     assert record["steps"] == 4 and record["final_loss"] == result.final_loss
     assert [entry["step"] for entry in record["loss_history"]] == [1, 2, 3, 4]
     assert record["train_tokens"] == result.tokens
