@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(8_000, gt=0, description="Longest prompt or response accepted, in characters.")
     max_import_line_bytes: int = Field(1_000_000, gt=0, description="Longest JSONL line `cl ingest` accepts.")
+    max_conversation_messages: int = Field(
+        200, gt=1, description="Most messages one stored conversation may have, system prompt and answer included."
+    )
 
     # curation
     min_chars: int = Field(2, ge=0, description="Curation drops turns whose prompt or response is shorter.")
