@@ -12,7 +12,7 @@ in KTO mode, rated unhelpful), newest first, then by id. Rows keep their loaded 
 carries its place in the ranking (RANK), so no step has to reorder the text columns.
 
 Modules, in the order the data flows: `columns` (names), `text` (normalisation), `dedup`
-(MinHash/LSH), `filters` (the steps and `curate_frame`), `replay` (earlier snapshots mixed
+(MinHash/LSH), `context` (each row's conversation walked from the stored tree), `filters` (the steps and `curate_frame`), `replay` (earlier snapshots mixed
 in), `writing` (the snapshot file and its registry row). Loading is the store's
 (`store.frames`), the snapshot format `core.snapshot`'s.
 """
@@ -59,6 +59,7 @@ from cl_assets.core.curation.filters import (
 from cl_assets.core.curation.replay import ReplaySourceError, replay_pool
 from cl_assets.core.curation.text import normalise, text_key
 from cl_assets.core.curation.writing import (
+    NothingToCurateError,
     SnapshotExistsError,
     SnapshotResult,
     chatml_lines,
@@ -83,6 +84,7 @@ __all__ = [
     "RESPONSE",
     "SIGNATURE",
     "USER",
+    "NothingToCurateError",
     "ReplaySourceError",
     "SnapshotExistsError",
     "SnapshotResult",

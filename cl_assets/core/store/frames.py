@@ -23,7 +23,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from cl_assets.core.store.models import Interaction
+from cl_assets.core.store.models import Interaction, Message
 from cl_assets.core.store.store import Store
 
 # -- column names of the interactions frame, defined once ---------------------------------------
@@ -35,7 +35,9 @@ RESPONSE = "response"
 PII = "pii_types"
 HELPFUL = "helpful"
 REGENERATED = "regenerated"
+CONTEXT = "context_id"
 _NO_USER = "_no_user"
+_NO_CONTEXT = "_no_context"
 
 INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
     ID: pl.String(),
@@ -46,6 +48,22 @@ INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
     PII: pl.String(),  # the JSON list as text; decoded by Polars, not row by row in Python
     HELPFUL: pl.Boolean(),
     REGENERATED: pl.Boolean(),
+    CONTEXT: pl.String(),
+}
+
+# -- column names of the messages frame (the conversation tree) ---------------------------------
+MSG_ID = "msg_id"
+MSG_PARENT = "msg_parent"
+MSG_ROLE = "msg_role"
+MSG_CONTENT = "msg_content"
+MSG_WEIGHT = "msg_weight"
+
+MESSAGES_SCHEMA: dict[str, pl.DataType] = {
+    MSG_ID: pl.String(),
+    MSG_PARENT: pl.String(),
+    MSG_ROLE: pl.String(),
+    MSG_CONTENT: pl.String(),
+    MSG_WEIGHT: pl.Int8(),
 }
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S%.f"  # how SQLAlchemy stores DateTime on SQLite
@@ -89,6 +107,11 @@ def _interactions_query(sqlite: bool, nullable_user: bool) -> Select[Any]:
     else:  # a flag and a never-null text (see `_read_sqlite_file`)
         never_null = func.coalesce(Interaction.user_hash, literal_column("''"))
         users = [Interaction.user_hash.is_(None).label(_NO_USER), never_null.label(USER)]
+    if nullable_user:
+        contexts = [Interaction.context_id.label(CONTEXT)]
+    else:  # as `user_hash`: most rows of an old store have none
+        never_null = func.coalesce(Interaction.context_id, literal_column("''"))
+        contexts = [Interaction.context_id.is_(None).label(_NO_CONTEXT), never_null.label(CONTEXT)]
     return select(
         Interaction.id.label(ID),
         created.label(CREATED),
@@ -98,6 +121,7 @@ def _interactions_query(sqlite: bool, nullable_user: bool) -> Select[Any]:
         cast(Interaction.pii_types, Text).label(PII),
         type_coerce(Interaction.helpful, Integer).label(HELPFUL),
         type_coerce(Interaction.regenerated, Integer).label(REGENERATED),
+        *contexts,
     )
 
 
@@ -122,7 +146,7 @@ def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
                        batch_rows=_SQLITE_BATCH_ROWS)
     # Casts for an empty result, whose columns ADBC types as integers. Collected (and in one
     # chunk) here, so that the Arrow batches go now rather than live on in the plan.
-    text = {name: pl.col(name).cast(pl.String) for name in (ID, CREATED, USER, PROMPT, RESPONSE, PII)}
+    text = {name: pl.col(name).cast(pl.String) for name in (ID, CREATED, USER, PROMPT, RESPONSE, PII, CONTEXT)}
     converted = frame.lazy().select(
         text[ID],
         text[CREATED].str.to_datetime(_SQLITE_TIME, time_zone="UTC"),
@@ -132,8 +156,50 @@ def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
         text[PII],
         pl.col(HELPFUL).cast(pl.Boolean),
         pl.col(REGENERATED).cast(pl.Boolean),
+        pl.when(pl.col(_NO_CONTEXT) == 0).then(text[CONTEXT]).alias(CONTEXT),
     )
     return converted.collect().rechunk().lazy()
+
+
+def load_messages(store: Store, batch_size: int = 100_000) -> pl.DataFrame:
+    """Every stored context message (id, parent, role, content, weight), for curation to walk.
+
+    Read like the interactions: ADBC in a child for a SQLite file, SQLAlchemy batches otherwise;
+    nullable columns arrive never-null (see `_read_sqlite_file`) and are put back here.
+    """
+    database = store.engine.url.database if store.dialect == "sqlite" else None
+    if database and database != ":memory:" and not database.startswith("file:"):
+        from cl_assets.core.store.arrow_reader import read_query
+        from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
+
+        stmt = select(
+            Message.id.label(MSG_ID),
+            func.coalesce(Message.parent_id, literal_column("''")).label(MSG_PARENT),
+            Message.role.label(MSG_ROLE),
+            Message.content.label(MSG_CONTENT),
+            func.coalesce(Message.weight, literal_column("-1")).label(MSG_WEIGHT),
+        )
+        frame = read_query(Path(database), str(stmt.compile(dialect=store.engine.dialect)), None,
+                           busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS, batch_rows=_SQLITE_BATCH_ROWS)  # fmt: skip
+        as_text = {name: pl.col(name).cast(pl.String) for name in (MSG_ID, MSG_PARENT, MSG_ROLE, MSG_CONTENT)}
+        return frame.select(
+            as_text[MSG_ID],
+            pl.when(as_text[MSG_PARENT] != "").then(as_text[MSG_PARENT]).alias(MSG_PARENT),
+            as_text[MSG_ROLE],
+            as_text[MSG_CONTENT],
+            pl.when(pl.col(MSG_WEIGHT) >= 0).then(pl.col(MSG_WEIGHT)).cast(pl.Int8).alias(MSG_WEIGHT),
+        ).rechunk()
+    stmt = select(
+        Message.id.label(MSG_ID),
+        Message.parent_id.label(MSG_PARENT),
+        Message.role.label(MSG_ROLE),
+        Message.content.label(MSG_CONTENT),
+        Message.weight.label(MSG_WEIGHT),
+    )
+    with store.engine.connect() as conn:
+        batches = list(pl.read_database(stmt, conn, iter_batches=True, batch_size=batch_size,
+                                        schema_overrides=MESSAGES_SCHEMA))  # fmt: skip
+    return pl.concat(batches, rechunk=True) if batches else pl.DataFrame(schema=MESSAGES_SCHEMA)
 
 
 # -- monitoring ------------------------------------------------------------------------------

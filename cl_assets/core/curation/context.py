@@ -1,0 +1,194 @@
+"""Conversation contexts: each interaction's stored messages, walked and trimmed in bulk.
+
+The store keeps every message once, linked to its parent (`store.frames.load_messages`). The
+walk starts at each interaction's `context_id` and follows parent links one level at a time
+for all rows together, as integer gathers over the message table: no query and no Python
+loop per row, and at most `max_depth` levels. The result is a long frame of (row, depth,
+message) with depth 0 the prompt's own message.
+
+A conversation longer than the training context is trimmed from the front, whole exchanges
+at a time: the system prompt and the last exchange always stay, no message is ever cut. The
+budget is in characters (curation has no tokenizer): `train_max_length` tokens at
+`CHARS_PER_TOKEN`, a conservative ratio for English with SmolLM2's tokenizer (~4 chars a token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from cl_assets.core.curation.columns import CONTEXT, HELPFUL, REGENERATED, RESPONSE
+from cl_assets.core.snapshot import CONTROL_TOKEN
+from cl_assets.core.store.frames import (
+    MESSAGES_SCHEMA,
+    MSG_CONTENT,
+    MSG_ID,
+    MSG_PARENT,
+    MSG_ROLE,
+    MSG_WEIGHT,
+)
+
+ROW = "_row"  # an interaction's place in the loaded frame
+DEPTH = "_depth"  # 0: the prompt's own message; 1: the one before it; ...
+MSG = "_msg"  # a message's place in the messages frame
+CTX_KEY = "_ctx_key"  # hash of the kept context before the prompt (null: none)
+CTX_CONTROL = "_ctx_control"  # a kept context message holds a control token
+BODY = "_body"  # the JSON of the messages before the answer, comma-separated (null: just the prompt)
+CHARS_PER_TOKEN = 3
+_HASH_SEED = 7
+
+
+@dataclass
+class Contexts:
+    """The walked contexts of one loaded interactions frame."""
+
+    messages: pl.DataFrame  # the messages frame, in MSG order
+    chains: pl.DataFrame  # (ROW, DEPTH, MSG) of the kept messages, by ROW then DEPTH
+    start: np.ndarray  # per ROW: MSG of its context_id (-1: none)
+    trimmed: int  # conversations that lost earlier exchanges to the budget
+
+    @classmethod
+    def empty(cls, rows: int) -> Contexts:
+        schema = {ROW: pl.UInt32(), DEPTH: pl.UInt16(), MSG: pl.UInt32()}
+        return cls(pl.DataFrame(schema=MESSAGES_SCHEMA), pl.DataFrame(schema=schema), np.full(rows, -1, np.int64), 0)
+
+
+def walk_contexts(interactions: pl.DataFrame, messages: pl.DataFrame | None, *, max_depth: int, budget_chars: int) -> Contexts:
+    """Walk every interaction's context (see the module docstring). `interactions` needs
+    CONTEXT and RESPONSE; ROW is its row index."""
+    n = interactions.height
+    if messages is None or messages.is_empty() or CONTEXT not in interactions.columns:
+        return Contexts.empty(n)
+    index = messages.select(MSG_ID).with_row_index(MSG)
+    parent = messages.select(MSG_PARENT).join(
+        index.rename({MSG_ID: MSG_PARENT}), on=MSG_PARENT, how="left", maintain_order="left"
+    )[MSG]
+    parents = parent.fill_null(-1).cast(pl.Int64).to_numpy()
+    start = interactions.select(CONTEXT).join(
+        index.rename({MSG_ID: CONTEXT}), on=CONTEXT, how="left", maintain_order="left"
+    )[MSG].fill_null(-1).cast(pl.Int64).to_numpy()
+
+    rows_parts, depth_parts, msg_parts = [], [], []
+    rows = np.flatnonzero(start >= 0)
+    current = start[rows]
+    for depth in range(max_depth):
+        if not len(rows):
+            break
+        rows_parts.append(rows.astype(np.uint32))
+        depth_parts.append(np.full(len(rows), depth, np.uint16))
+        msg_parts.append(current.astype(np.uint32))
+        current = parents[current]
+        alive = current >= 0
+        rows, current = rows[alive], current[alive]
+    if not rows_parts:
+        return Contexts(messages, Contexts.empty(n).chains, start, 0)
+    chains = pl.DataFrame({
+        ROW: np.concatenate(rows_parts), DEPTH: np.concatenate(depth_parts), MSG: np.concatenate(msg_parts),
+    }).sort(ROW, DEPTH)  # fmt: skip
+
+    role = messages[MSG_ROLE]
+    length = messages[MSG_CONTENT].str.len_chars()
+    answer = interactions[RESPONSE].str.len_chars().fill_null(0)
+    system = pl.col(MSG_ROLE) == "system"
+    sized = chains.with_columns(
+        role.gather(chains[MSG]).alias(MSG_ROLE),
+        length.gather(chains[MSG]).cast(pl.Int64).alias("_len"),
+        answer.gather(chains[ROW]).cast(pl.Int64).alias("_answer"),
+    ).with_columns(
+        pl.when(~system).then(pl.col("_len")).otherwise(0).cum_sum().over(ROW).alias("_cum"),
+        pl.when(system).then(pl.col("_len")).otherwise(0).sum().over(ROW).alias("_system"),
+    )
+    fits = pl.col("_cum") + pl.col("_system") + pl.col("_answer") <= budget_chars
+    cut = pl.when(~system & (pl.col(MSG_ROLE) == "user") & (fits | (pl.col(DEPTH) == 0))).then(pl.col(DEPTH)).max().over(ROW)
+    marked = sized.with_columns(keep=system | (pl.col(DEPTH) <= cut))
+    trimmed = marked.filter(~pl.col("keep")).select(pl.col(ROW).n_unique()).item()
+    kept = marked.filter("keep").select(ROW, DEPTH, MSG)
+    return Contexts(messages, kept, start, int(trimmed))
+
+
+def context_columns(contexts: Contexts, rows: int) -> pl.DataFrame:
+    """Per ROW (all `rows` of them): CTX_KEY and CTX_CONTROL of the kept context.
+
+    The key covers the user and assistant messages before the prompt (the prompt and answer
+    have their own normalised key; the system prompt changes with the chat's settings, not
+    with what was said)."""
+    out = pl.DataFrame({ROW: np.arange(rows, dtype=np.uint32)})
+    if contexts.chains.is_empty():
+        return out.with_columns(pl.lit(None, pl.UInt64).alias(CTX_KEY), pl.lit(False).alias(CTX_CONTROL))
+    messages = contexts.messages
+    content_hash = pl.struct(messages[MSG_ROLE], messages[MSG_CONTENT]).hash(seed=_HASH_SEED)
+    control = messages[MSG_CONTENT].str.contains(CONTROL_TOKEN)
+    chains = contexts.chains
+    per_message = chains.with_columns(
+        content_hash.gather(chains[MSG]).alias("_hash"),
+        control.gather(chains[MSG]).alias("_control"),
+        messages[MSG_ROLE].gather(chains[MSG]).alias(MSG_ROLE),
+    )
+    earlier = pl.col("_hash").filter((pl.col(DEPTH) > 0) & (pl.col(MSG_ROLE) != "system"))
+    per_row = per_message.group_by(ROW).agg(
+        earlier.alias("_hashes"),
+        pl.col("_control").any().alias(CTX_CONTROL),
+    ).select(
+        ROW,
+        pl.when(pl.col("_hashes").list.len() > 0).then(pl.col("_hashes").hash(seed=_HASH_SEED)).alias(CTX_KEY),
+        CTX_CONTROL,
+    )
+    return out.join(per_row, on=ROW, how="left", maintain_order="left").with_columns(pl.col(CTX_CONTROL).fill_null(False))
+
+
+def _answer_keys(contexts: Contexts, answers: pl.DataFrame) -> pl.DataFrame:
+    """(MSG of the context, hash of the answer) of the given interactions (ROW, RESPONSE)."""
+    starts = pl.Series(MSG_PARENT, contexts.start).gather(answers[ROW])
+    return pl.DataFrame({
+        "_parent": starts, "_hash": answers[RESPONSE].hash(seed=_HASH_SEED),
+    }).filter(pl.col("_parent") >= 0)  # fmt: skip
+
+
+def bodies(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> pl.DataFrame:
+    """(ROW, BODY) for the kept rows that have a context: their messages as JSON, oldest first.
+
+    An earlier assistant message gets `"weight": 0` (not trained on) when it was imported so,
+    when the answer it was got 👎 or was regenerated without a 👍, or when that answer is a
+    line of this snapshot itself (it is learned there, in its own context, once).
+    `loaded`: the whole loaded frame (ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED).
+    """
+    chains = contexts.chains.join(pl.DataFrame({ROW: kept_rows.cast(pl.UInt32)}), on=ROW, how="semi")
+    if chains.is_empty():
+        return pl.DataFrame(schema={ROW: pl.UInt32(), BODY: pl.String()})
+    messages = contexts.messages
+    parent_index = messages.select(MSG_PARENT).join(
+        messages.select(MSG_ID).with_row_index("_parent").rename({MSG_ID: MSG_PARENT}),
+        on=MSG_PARENT, how="left", maintain_order="left",
+    )["_parent"].fill_null(-1).cast(pl.Int64)  # fmt: skip
+    rated_down = pl.col(HELPFUL).not_() | (pl.col(REGENERATED).fill_null(False) & pl.col(HELPFUL).is_null())
+    bad = _answer_keys(contexts, loaded.filter(rated_down.fill_null(False)))
+    own = _answer_keys(contexts, loaded.join(pl.DataFrame({ROW: kept_rows.cast(pl.UInt32)}), on=ROW, how="semi"))
+    untrained = pl.concat([bad, own]).unique()
+
+    m = chains[MSG]
+    parts = chains.with_columns(
+        messages[MSG_ROLE].gather(m).alias(MSG_ROLE),
+        messages[MSG_CONTENT].gather(m).alias(MSG_CONTENT),
+        messages[MSG_WEIGHT].gather(m).alias(MSG_WEIGHT),
+        parent_index.gather(m).alias("_parent"),
+        messages[MSG_CONTENT].hash(seed=_HASH_SEED).gather(m).alias("_hash"),
+    )
+    flagged = parts.join(untrained.with_columns(_known=pl.lit(True)), on=["_parent", "_hash"], how="left", maintain_order="left")
+    assistant = pl.col(MSG_ROLE) == "assistant"
+    weight0 = assistant & ((pl.col(MSG_WEIGHT) == 0).fill_null(False) | pl.col("_known").fill_null(False))
+    plain = pl.struct(pl.col(MSG_ROLE).alias("role"), pl.col(MSG_CONTENT).alias("content")).struct.json_encode()
+    weighted = pl.struct(
+        pl.col(MSG_ROLE).alias("role"), pl.col(MSG_CONTENT).alias("content"), pl.lit(0).alias("weight")
+    ).struct.json_encode()
+    encoded = flagged.select(ROW, DEPTH, pl.when(weight0).then(weighted).otherwise(plain).alias("_json"))
+    return (
+        encoded.sort(ROW, pl.col(DEPTH), descending=[False, True])
+        .group_by(ROW, maintain_order=True)
+        .agg(pl.col("_json").str.join(",").alias(BODY))
+    )
+
+
+__all__ = ["BODY", "CHARS_PER_TOKEN", "CTX_CONTROL", "CTX_KEY", "DEPTH", "MSG", "ROW", "Contexts", "bodies",
+           "context_columns", "walk_contexts"]  # fmt: skip
