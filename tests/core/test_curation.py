@@ -27,6 +27,7 @@ from cl_assets.core.ingest import Ingestor
 from cl_assets.core.identity import hash_user_id
 from cl_assets.core.snapshot import file_sha256, new_snapshot_id, snapshot_path, validate_snapshot
 from cl_assets.core.store import Store
+from cl_assets.core.store.frames import load_messages
 from cl_assets.settings import Settings
 from tests.conftest import REPO
 
@@ -99,7 +100,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def pairs(lines: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(line["messages"][0]["content"], line["messages"][1]["content"]) for line in lines]
+    """(last question, answer) of each line."""
+    return [(line["messages"][-2]["content"], line["messages"][-1]["content"]) for line in lines]
 
 
 def designed_rows() -> list[dict[str, Any]]:
@@ -385,11 +387,12 @@ def test_demo_data_curates_to_a_sensible_snapshot(settings: Settings, store: Sto
     settings = settings.model_copy(update={"max_rows_per_user": 10})
     Ingestor(settings, store).import_jsonl(DEMO)
 
-    rows, counts = curate_frame(load_interactions(store), settings)
+    rows, counts = curate_frame(load_interactions(store), settings, messages=load_messages(store))
     stored = list(store.iter_interactions())
     with_pii = sum(1 for r in stored if r.pii_types)
     unhelpful_clean = sum(1 for r in stored if not r.pii_types and r.helpful is False)
-    assert counts["loaded"] == len(stored) == 321
+    assert counts["loaded"] == len(stored) == 340  # 321 single turns, 19 turns of multi-turn sessions
+    assert counts["with_context"] > 0 and sum(1 for r in stored if r.context_id) == 19
     assert counts["loaded"] - counts["no_pii"] == with_pii >= 25  # the demo's PII turns are gone
     assert counts["no_pii"] - counts["not_unhelpful"] == unhelpful_clean > 0  # and its 👎 turns
     assert counts["near_dedup"] < counts["exact_dedup"] < counts["no_control_tokens"]
@@ -402,11 +405,14 @@ def test_demo_data_curates_to_a_sensible_snapshot(settings: Settings, store: Sto
     kept = pairs(read_lines(result.path))
     assert not any(re.search(r"\[[A-Z_]+\]", p + r) for p, r in kept)  # no PII placeholder survives
     demo = pl.read_ndjson(DEMO, infer_schema_length=None)
+    demo = demo.filter(pl.col("prompt").is_not_null())  # the single-turn lines
     unhelpful = set(demo.filter(pl.col("helpful").eq(False)).select("prompt", "response").iter_rows())
     wanted = set(demo.filter(pl.col("helpful").ne(False) | pl.col("helpful").is_null()).select("prompt", "response").iter_rows())
     assert not (set(kept) & (unhelpful - wanted))
     canonical = {json.loads(line)["prompt"] for line in QA_EVAL.read_text().splitlines()}
     assert len(canonical) == 24 and canonical <= {p for p, _ in kept}
+    follow_up = next(line for line in read_lines(result.path) if line["messages"][-2]["content"] == "And for Canada?")
+    assert follow_up["messages"][1]["content"] == "What is the free shipping threshold?"  # asked with its context
 
 
 SYSTEM = "You are the support assistant of Harbor & Pine Provisions. Answer briefly and precisely."

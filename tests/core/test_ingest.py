@@ -202,7 +202,8 @@ def _raw_pii_values(path: Path) -> set[str]:
     values: set[str] = set()
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        for text in (row["prompt"], row["response"]):
+        texts = [m["content"] for m in row["messages"]] if "messages" in row else [row["prompt"], row["response"]]
+        for text in texts:
             values.update(text[f.start : f.end] for f in find_pii(text))
             values.update(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", text))
         if row.get("user_id"):
