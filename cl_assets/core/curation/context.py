@@ -167,26 +167,24 @@ def bodies(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> pl
     own = _answer_keys(contexts, loaded.join(pl.DataFrame({ROW: kept_rows.cast(pl.UInt32)}), on=ROW, how="semi"))
     untrained = pl.concat([bad, own]).unique()
 
+    # Flags first, on integer and hash columns only; the text is gathered once, to encode it.
     m = chains[MSG]
-    parts = chains.with_columns(
-        messages[MSG_ROLE].gather(m).alias(MSG_ROLE),
-        messages[MSG_CONTENT].gather(m).alias(MSG_CONTENT),
-        messages[MSG_WEIGHT].gather(m).alias(MSG_WEIGHT),
-        parent_index.gather(m).alias("_parent"),
-        messages[MSG_CONTENT].hash(seed=_HASH_SEED).gather(m).alias("_hash"),
-    )
-    flagged = parts.join(untrained.with_columns(_known=pl.lit(True)), on=["_parent", "_hash"], how="left", maintain_order="left")
-    assistant = pl.col(MSG_ROLE) == "assistant"
-    weight0 = assistant & ((pl.col(MSG_WEIGHT) == 0).fill_null(False) | pl.col("_known").fill_null(False))
-    plain = pl.struct(pl.col(MSG_ROLE).alias("role"), pl.col(MSG_CONTENT).alias("content")).struct.json_encode()
-    weighted = pl.struct(
-        pl.col(MSG_ROLE).alias("role"), pl.col(MSG_CONTENT).alias("content"), pl.lit(0).alias("weight")
-    ).struct.json_encode()
-    encoded = flagged.select(ROW, DEPTH, pl.when(weight0).then(weighted).otherwise(plain).alias("_json"))
+    keyed = pl.DataFrame({
+        "_parent": parent_index.gather(m), "_hash": messages[MSG_CONTENT].hash(seed=_HASH_SEED).gather(m),
+    }).join(untrained.with_columns(_known=pl.lit(True)), on=["_parent", "_hash"], how="left", maintain_order="left")  # fmt: skip
+    role = messages[MSG_ROLE].gather(m)
+    weight0 = (role == "assistant") & ((messages[MSG_WEIGHT].gather(m) == 0).fill_null(False) | keyed["_known"].fill_null(False))
+    content = messages[MSG_CONTENT].gather(m)
+    texts = pl.DataFrame({"role": role, "content": content, "_w0": weight0})
+    plain = pl.struct("role", "content").struct.json_encode()
+    weighted = pl.struct("role", "content", pl.lit(0).alias("weight")).struct.json_encode()
+    encoded = texts.select(pl.when("_w0").then(weighted).otherwise(plain).alias("_json"))["_json"]
+    del texts, content
+    # Chains are by ROW, then DEPTH upwards: reversed per row, they read oldest first.
     return (
-        encoded.sort(ROW, pl.col(DEPTH), descending=[False, True])
+        pl.DataFrame({ROW: chains[ROW], "_json": encoded})
         .group_by(ROW, maintain_order=True)
-        .agg(pl.col("_json").str.join(",").alias(BODY))
+        .agg(pl.col("_json").reverse().str.join(",").alias(BODY))
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from cl_assets.core.store.frames import load_interactions, load_messages
 from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
+_LINES_CHUNK = 50_000
 
 
 class SnapshotExistsError(FileExistsError):
@@ -100,8 +102,11 @@ def curate_snapshot(
     if rows.is_empty():
         raise NothingToCurateError(counts)
 
-    lines = chatml_lines(rows, settings.train_mode)
-    atomic_write_lines(path, lines)
+    def lines() -> Iterator[str]:  # in slices: one slice's lines alive at a time, not the whole file's
+        for start in range(0, rows.height, _LINES_CHUNK):
+            yield from chatml_lines(rows.slice(start, _LINES_CHUNK), settings.train_mode)
+
+    atomic_write_lines(path, lines())
     try:
         sha256 = file_sha256(path)
         user_hashes = set(rows[USER].drop_nulls().unique().to_list())
