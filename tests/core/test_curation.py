@@ -485,3 +485,19 @@ def test_long_conversations_are_trimmed_from_the_front_by_whole_exchanges(settin
     kept = [m["content"] for m in messages[1:]]
     assert kept[-2:] == list(turns[-1]) and kept == [text for pair in turns[-len(kept) // 2 :] for text in pair]
     assert sum(len(m["content"]) for m in messages) <= 180 and len(kept) < 12
+
+
+def test_a_replayed_conversation_keeps_its_whole_line(settings: Settings, store: Store) -> None:
+    line = conversation(SHIPPING, CANADA, QUEBEC, user_id="old", helpful=True)
+    line["context"][2]["weight"] = 0  # imported as context only
+    ingest(settings, store, [line])
+    first = curate_snapshot(settings, store, snapshot_id="20261101_000000")
+    [original] = read_lines(first.path)
+    assert original["messages"][2] == {"role": "assistant", "content": SHIPPING[1], "weight": 0}
+    since = T0 + timedelta(hours=1)
+    ingest(settings, store, [turn(i, user_id="new", timestamp=since + timedelta(minutes=i)) for i in range(4)])
+    replaying = settings.model_copy(update={"replay_fraction": 0.5})
+    second = curate_snapshot(replaying, store, snapshot_id="20261101_010000", since=since)
+    assert second.counts["replay_added"] == 1
+    assert read_lines(second.path)[-1] == original  # system prompt, every turn, the weights: as written
+    assert validate_snapshot(second.path) == []
