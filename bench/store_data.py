@@ -206,7 +206,7 @@ def write_store(path: Path, n: int, seed: int = 11, context: bool = False) -> di
 
 def cached_store(n: int, seed: int = 11, context: bool = False) -> Path:
     """A store with `n` rows under the bench cache, built once per generator version."""
-    path = CACHE / f"store_{n}_s{seed}_v{FORMAT_VERSION}{'_ctx' if context else ''}.db"
+    path = CACHE / f"store_{n}_s{seed}_v{FORMAT_VERSION}{'_ctx2' if context else ''}.db"  # ctx2: with ix_interactions_context_id
     if not path.is_file():
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):

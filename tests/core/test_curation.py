@@ -431,7 +431,8 @@ CANADA = ("And for Canada?", "Canadian orders ship free over $80.")
 QUEBEC = ("Does that include Quebec?", "Yes, Quebec is included like every province.")
 
 
-def test_a_rated_conversation_is_one_line_with_its_context_in_order(settings: Settings, store: Store) -> None:
+def test_a_rated_conversation_is_one_line_with_its_context_in_order(any_db_settings: Settings, any_store: Store) -> None:
+    settings, store = any_db_settings, any_store  # the ADBC reader (SQLite file) and SQLAlchemy's (PostgreSQL)
     ingest(settings, store, [
         conversation(SHIPPING, user_id="ann"),                               # unrated first turn
         conversation(SHIPPING, CANADA, user_id="ann", helpful=False),        # 👎: not a line, not trained later

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cl_assets.core.curation.columns import CONTEXT, HELPFUL, REGENERATED, RESPONSE
+from cl_assets.core.curation.columns import CONTEXT, HELPFUL, ID, PROMPT, REGENERATED, RESPONSE
 from cl_assets.core.snapshot import CONTROL_TOKEN
 from cl_assets.core.store.frames import (
     MESSAGES_SCHEMA,
+    MSG_ANSWER_OF,
     MSG_CONTENT,
     MSG_ID,
     MSG_PARENT,
+    MSG_PROMPT_OF,
     MSG_ROLE,
     MSG_WEIGHT,
 )
@@ -45,7 +47,7 @@ class Contexts:
     """The walked contexts of one loaded interactions frame."""
 
     messages: pl.DataFrame  # the messages frame, in MSG order
-    chains: pl.DataFrame  # (ROW, DEPTH, MSG) of the kept messages, by ROW then DEPTH
+    chains: pl.DataFrame  # (ROW, DEPTH, MSG) of the kept messages, level by level (DEPTH 0 first)
     start: np.ndarray  # per ROW: MSG of its context_id (-1: none)
     trimmed: int  # conversations that lost earlier exchanges to the budget
 
@@ -55,57 +57,75 @@ class Contexts:
         return cls(pl.DataFrame(schema=MESSAGES_SCHEMA), pl.DataFrame(schema=schema), np.full(rows, -1, np.int64), 0)
 
 
+def resolve_content(messages: pl.DataFrame, interactions: pl.DataFrame) -> pl.DataFrame:
+    """`messages` with the text of each message that names an interaction (MSG_PROMPT_OF,
+    MSG_ANSWER_OF) taken from that row's prompt or answer: string views, not copies."""
+    named = messages[MSG_PROMPT_OF].is_not_null() | messages[MSG_ANSWER_OF].is_not_null()
+    if not named.any():
+        return messages
+    rows = interactions.select(pl.col(ID), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"))
+
+    def place(column: str) -> pl.Series:
+        return messages.select(pl.col(column).alias(ID)).join(rows, on=ID, how="left", maintain_order="left")["_i"]
+
+    prompts = interactions[PROMPT].gather(place(MSG_PROMPT_OF))  # a null place gives a null text
+    answers = interactions[RESPONSE].gather(place(MSG_ANSWER_OF))
+    content = pl.select(pl.coalesce(pl.lit(prompts), pl.lit(answers), pl.lit(messages[MSG_CONTENT]))).to_series()
+    return messages.with_columns(content.alias(MSG_CONTENT))
+
+
 def walk_contexts(interactions: pl.DataFrame, messages: pl.DataFrame | None, *, max_depth: int, budget_chars: int) -> Contexts:
     """Walk every interaction's context (see the module docstring). `interactions` needs
-    CONTEXT and RESPONSE; ROW is its row index."""
+    ID, PROMPT, CONTEXT and RESPONSE; ROW is its row index."""
     n = interactions.height
     if messages is None or messages.is_empty() or CONTEXT not in interactions.columns:
         return Contexts.empty(n)
-    index = messages.select(MSG_ID).with_row_index(MSG)
-    parent = messages.select(MSG_PARENT).join(
-        index.rename({MSG_ID: MSG_PARENT}), on=MSG_PARENT, how="left", maintain_order="left"
-    )[MSG]
-    parents = parent.fill_null(-1).cast(pl.Int64).to_numpy()
-    start = interactions.select(CONTEXT).join(
-        index.rename({MSG_ID: CONTEXT}), on=CONTEXT, how="left", maintain_order="left"
-    )[MSG].fill_null(-1).cast(pl.Int64).to_numpy()
+    messages = resolve_content(messages, interactions)
+    parents = messages[MSG_PARENT].to_numpy()
+    index = messages.select(pl.col(MSG_ID).alias(CONTEXT)).with_row_index(MSG)
+    start = interactions.select(CONTEXT).join(index, on=CONTEXT, how="left", maintain_order="left")[MSG]
+    start = start.fill_null(-1).cast(pl.Int64).to_numpy()
 
-    rows_parts, depth_parts, msg_parts = [], [], []
+    system = (messages[MSG_ROLE] == "system").to_numpy()
+    user = (messages[MSG_ROLE] == "user").to_numpy()
+    length = messages[MSG_CONTENT].str.len_chars().fill_null(0).cast(pl.Int64).to_numpy()
+    answer = interactions[RESPONSE].str.len_chars().fill_null(0).cast(pl.Int64).to_numpy()
+
+    # Level by level from the prompt upwards: each level is one gather over all rows still
+    # walking. `climbed` is the text above the prompt so far (system prompts counted apart,
+    # as they always stay), taken level by level, never per row.
+    rows_parts, depth_parts, msg_parts, cum_parts = [], [], [], []
+    climbed = np.zeros(n, dtype=np.int64)
+    system_chars = np.zeros(n, dtype=np.int64)
     rows = np.flatnonzero(start >= 0)
     current = start[rows]
     for depth in range(max_depth):
         if not len(rows):
             break
+        own = np.where(system[current], 0, length[current])
+        climbed[rows] += own
+        system_chars[rows] += np.where(system[current], length[current], 0)
         rows_parts.append(rows.astype(np.uint32))
         depth_parts.append(np.full(len(rows), depth, np.uint16))
         msg_parts.append(current.astype(np.uint32))
+        cum_parts.append(climbed[rows].copy())
         current = parents[current]
         alive = current >= 0
         rows, current = rows[alive], current[alive]
     if not rows_parts:
         return Contexts(messages, Contexts.empty(n).chains, start, 0)
-    chains = pl.DataFrame({
-        ROW: np.concatenate(rows_parts), DEPTH: np.concatenate(depth_parts), MSG: np.concatenate(msg_parts),
-    }).sort(ROW, DEPTH)  # fmt: skip
-
-    role = messages[MSG_ROLE]
-    length = messages[MSG_CONTENT].str.len_chars()
-    answer = interactions[RESPONSE].str.len_chars().fill_null(0)
-    system = pl.col(MSG_ROLE) == "system"
-    sized = chains.with_columns(
-        role.gather(chains[MSG]).alias(MSG_ROLE),
-        length.gather(chains[MSG]).cast(pl.Int64).alias("_len"),
-        answer.gather(chains[ROW]).cast(pl.Int64).alias("_answer"),
-    ).with_columns(
-        pl.when(~system).then(pl.col("_len")).otherwise(0).cum_sum().over(ROW).alias("_cum"),
-        pl.when(system).then(pl.col("_len")).otherwise(0).sum().over(ROW).alias("_system"),
-    )
-    fits = pl.col("_cum") + pl.col("_system") + pl.col("_answer") <= budget_chars
-    cut = pl.when(~system & (pl.col(MSG_ROLE) == "user") & (fits | (pl.col(DEPTH) == 0))).then(pl.col(DEPTH)).max().over(ROW)
-    marked = sized.with_columns(keep=system | (pl.col(DEPTH) <= cut))
-    trimmed = marked.filter(~pl.col("keep")).select(pl.col(ROW).n_unique()).item()
-    kept = marked.filter("keep").select(ROW, DEPTH, MSG)
-    return Contexts(messages, kept, start, int(trimmed))
+    rows_all, depth_all = np.concatenate(rows_parts), np.concatenate(depth_parts)
+    msg_all, cum_all = np.concatenate(msg_parts), np.concatenate(cum_parts)
+    is_system = system[msg_all]
+    fits = cum_all + system_chars[rows_all] + answer[rows_all] <= budget_chars
+    # The deepest user message that still fits (the prompt itself always does) starts what is kept.
+    cut = np.zeros(n, dtype=np.int64)
+    candidate = ~is_system & user[msg_all] & (fits | (depth_all == 0))
+    np.maximum.at(cut, rows_all[candidate], depth_all[candidate].astype(np.int64))
+    keep = is_system | (depth_all <= cut[rows_all])
+    trimmed = len(np.unique(rows_all[~keep]))
+    chains = pl.DataFrame({ROW: rows_all[keep], DEPTH: depth_all[keep], MSG: msg_all[keep]})  # level by level
+    return Contexts(messages, chains, start, int(trimmed))
 
 
 def context_columns(contexts: Contexts, rows: int) -> pl.DataFrame:
@@ -140,7 +160,7 @@ def context_columns(contexts: Contexts, rows: int) -> pl.DataFrame:
 
 def _answer_keys(contexts: Contexts, answers: pl.DataFrame) -> pl.DataFrame:
     """(MSG of the context, hash of the answer) of the given interactions (ROW, RESPONSE)."""
-    starts = pl.Series(MSG_PARENT, contexts.start).gather(answers[ROW])
+    starts = pl.Series("_parent", contexts.start).gather(answers[ROW])
     return pl.DataFrame({
         "_parent": starts, "_hash": answers[RESPONSE].hash(seed=_HASH_SEED),
     }).filter(pl.col("_parent") >= 0)  # fmt: skip
@@ -158,10 +178,7 @@ def bodies(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> pl
     if chains.is_empty():
         return pl.DataFrame(schema={ROW: pl.UInt32(), BODY: pl.String()})
     messages = contexts.messages
-    parent_index = messages.select(MSG_PARENT).join(
-        messages.select(MSG_ID).with_row_index("_parent").rename({MSG_ID: MSG_PARENT}),
-        on=MSG_PARENT, how="left", maintain_order="left",
-    )["_parent"].fill_null(-1).cast(pl.Int64)  # fmt: skip
+    parent_index = messages[MSG_PARENT]
     rated_down = pl.col(HELPFUL).not_() | (pl.col(REGENERATED).fill_null(False) & pl.col(HELPFUL).is_null())
     bad = _answer_keys(contexts, loaded.filter(rated_down.fill_null(False)))
     own = _answer_keys(contexts, loaded.join(pl.DataFrame({ROW: kept_rows.cast(pl.UInt32)}), on=ROW, how="semi"))
@@ -180,7 +197,7 @@ def bodies(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> pl
     weighted = pl.struct("role", "content", pl.lit(0).alias("weight")).struct.json_encode()
     encoded = texts.select(pl.when("_w0").then(weighted).otherwise(plain).alias("_json"))["_json"]
     del texts, content
-    # Chains are by ROW, then DEPTH upwards: reversed per row, they read oldest first.
+    # Chains come level by level, so each row's messages are in DEPTH order: reversed, oldest first.
     return (
         pl.DataFrame({ROW: chains[ROW], "_json": encoded})
         .group_by(ROW, maintain_order=True)

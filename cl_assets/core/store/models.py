@@ -55,6 +55,7 @@ class Interaction(Base):
         Index("ix_interactions_created_at", "created_at"),
         Index("ix_interactions_user_hash", "user_hash"),
         Index("ix_interactions_adapter_feedback", "adapter_version", "feedback_at"),
+        Index("ix_interactions_context_id", "context_id"),
     )
 
 

@@ -35,9 +35,11 @@ def upgrade() -> None:
         batch_op.create_index('ix_messages_user_hash', ['user_hash'], unique=False)
     # Plain ADD COLUMN (not batch mode): SQLite would otherwise rebuild the whole table.
     op.add_column('interactions', sa.Column('context_id', sa.String(length=32), nullable=True))
+    op.create_index('ix_interactions_context_id', 'interactions', ['context_id'], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_interactions_context_id', table_name='interactions')
     with op.batch_alter_table('interactions', schema=None) as batch_op:
         batch_op.drop_column('context_id')
     with op.batch_alter_table('messages', schema=None) as batch_op:
