@@ -19,15 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cl_assets.core.curation.columns import CONTEXT, HELPFUL, ID, PROMPT, REGENERATED, RESPONSE
+from cl_assets.core.curation.columns import CONTEXT, HELPFUL, REGENERATED, RESPONSE
 from cl_assets.core.snapshot import CONTROL_TOKEN
 from cl_assets.core.store.frames import (
     MESSAGES_SCHEMA,
-    MSG_ANSWER_OF,
     MSG_CONTENT,
     MSG_ID,
     MSG_PARENT,
-    MSG_PROMPT_OF,
     MSG_ROLE,
     MSG_WEIGHT,
 )
@@ -57,30 +55,12 @@ class Contexts:
         return cls(pl.DataFrame(schema=MESSAGES_SCHEMA), pl.DataFrame(schema=schema), np.full(rows, -1, np.int64), 0)
 
 
-def resolve_content(messages: pl.DataFrame, interactions: pl.DataFrame) -> pl.DataFrame:
-    """`messages` with the text of each message that names an interaction (MSG_PROMPT_OF,
-    MSG_ANSWER_OF) taken from that row's prompt or answer: string views, not copies."""
-    named = messages[MSG_PROMPT_OF].is_not_null() | messages[MSG_ANSWER_OF].is_not_null()
-    if not named.any():
-        return messages
-    rows = interactions.select(pl.col(ID), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"))
-
-    def place(column: str) -> pl.Series:
-        return messages.select(pl.col(column).alias(ID)).join(rows, on=ID, how="left", maintain_order="left")["_i"]
-
-    prompts = interactions[PROMPT].gather(place(MSG_PROMPT_OF))  # a null place gives a null text
-    answers = interactions[RESPONSE].gather(place(MSG_ANSWER_OF))
-    content = pl.select(pl.coalesce(pl.lit(prompts), pl.lit(answers), pl.lit(messages[MSG_CONTENT]))).to_series()
-    return messages.with_columns(content.alias(MSG_CONTENT))
-
-
 def walk_contexts(interactions: pl.DataFrame, messages: pl.DataFrame | None, *, max_depth: int, budget_chars: int) -> Contexts:
     """Walk every interaction's context (see the module docstring). `interactions` needs
-    ID, PROMPT, CONTEXT and RESPONSE; ROW is its row index."""
+    CONTEXT and RESPONSE; ROW is its row index."""
     n = interactions.height
     if messages is None or messages.is_empty() or CONTEXT not in interactions.columns:
         return Contexts.empty(n)
-    messages = resolve_content(messages, interactions)
     parents = messages[MSG_PARENT].to_numpy()
     index = messages.select(pl.col(MSG_ID).alias(CONTEXT)).with_row_index(MSG)
     start = interactions.select(CONTEXT).join(index, on=CONTEXT, how="left", maintain_order="left")[MSG]
@@ -166,44 +146,62 @@ def _answer_keys(contexts: Contexts, answers: pl.DataFrame) -> pl.DataFrame:
     }).filter(pl.col("_parent") >= 0)  # fmt: skip
 
 
-def bodies(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> pl.DataFrame:
-    """(ROW, BODY) for the kept rows that have a context: their messages as JSON, oldest first.
+@dataclass
+class BodyWriter:
+    """Encodes the BODY of kept rows, a slice at a time (see `body_writer`)."""
+
+    contexts: Contexts
+    untrained: pl.DataFrame  # (_parent, _hash) of answers that must not be trained on
+    content_hash: pl.Series  # per message
+
+    def __call__(self, rows: pl.Series) -> pl.DataFrame:
+        """(ROW, BODY) of those of `rows` that have a context."""
+        chains = self.contexts.chains.join(pl.DataFrame({ROW: rows.drop_nulls().cast(pl.UInt32)}), on=ROW, how="semi")
+        if chains.is_empty():
+            return pl.DataFrame(schema={ROW: pl.UInt32(), BODY: pl.String()})
+        messages = self.contexts.messages
+        # Flags first, on integer and hash columns only; the text is gathered once, to encode it.
+        m = chains[MSG]
+        keyed = pl.DataFrame({"_parent": messages[MSG_PARENT].gather(m), "_hash": self.content_hash.gather(m)}).join(
+            self.untrained.with_columns(_known=pl.lit(True)), on=["_parent", "_hash"], how="left", maintain_order="left"
+        )
+        role = messages[MSG_ROLE].gather(m)
+        imported0 = (messages[MSG_WEIGHT].gather(m) == 0).fill_null(False)
+        weight0 = (role == "assistant") & (imported0 | keyed["_known"].fill_null(False))
+        texts = pl.DataFrame({"role": role, "content": messages[MSG_CONTENT].gather(m), "_w0": weight0})
+        plain = pl.struct("role", "content").struct.json_encode()
+        weighted = pl.struct("role", "content", pl.lit(0).alias("weight")).struct.json_encode()
+        encoded = texts.select(pl.when("_w0").then(weighted).otherwise(plain).alias("_json"))["_json"]
+        del texts
+        # Chains come level by level, so each row's messages are in DEPTH order: reversed, oldest first.
+        return (
+            pl.DataFrame({ROW: chains[ROW], "_json": encoded})
+            .group_by(ROW, maintain_order=True)
+            .agg(pl.col("_json").reverse().str.join(",").alias(BODY))
+        )
+
+
+def body_writer(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> BodyWriter:
+    """What encodes the kept rows' contexts as JSON messages, oldest first.
 
     An earlier assistant message gets `"weight": 0` (not trained on) when it was imported so,
     when the answer it was got 👎 or was regenerated without a 👍, or when that answer is a
     line of this snapshot itself (it is learned there, in its own context, once).
-    `loaded`: the whole loaded frame (ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED).
+    `loaded`: the whole loaded frame (ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED);
+    `kept_rows`: ROW of every new row of the snapshot.
     """
-    chains = contexts.chains.join(pl.DataFrame({ROW: kept_rows.cast(pl.UInt32)}), on=ROW, how="semi")
-    if chains.is_empty():
-        return pl.DataFrame(schema={ROW: pl.UInt32(), BODY: pl.String()})
-    messages = contexts.messages
-    parent_index = messages[MSG_PARENT]
     rated_down = pl.col(HELPFUL).not_() | (pl.col(REGENERATED).fill_null(False) & pl.col(HELPFUL).is_null())
     bad = _answer_keys(contexts, loaded.filter(rated_down.fill_null(False)))
-    own = _answer_keys(contexts, loaded.join(pl.DataFrame({ROW: kept_rows.cast(pl.UInt32)}), on=ROW, how="semi"))
+    kept = pl.DataFrame({ROW: kept_rows.drop_nulls().cast(pl.UInt32)})
+    own = _answer_keys(contexts, loaded.join(kept, on=ROW, how="semi"))
     untrained = pl.concat([bad, own]).unique()
-
-    # Flags first, on integer and hash columns only; the text is gathered once, to encode it.
-    m = chains[MSG]
-    keyed = pl.DataFrame({
-        "_parent": parent_index.gather(m), "_hash": messages[MSG_CONTENT].hash(seed=_HASH_SEED).gather(m),
-    }).join(untrained.with_columns(_known=pl.lit(True)), on=["_parent", "_hash"], how="left", maintain_order="left")  # fmt: skip
-    role = messages[MSG_ROLE].gather(m)
-    weight0 = (role == "assistant") & ((messages[MSG_WEIGHT].gather(m) == 0).fill_null(False) | keyed["_known"].fill_null(False))
-    content = messages[MSG_CONTENT].gather(m)
-    texts = pl.DataFrame({"role": role, "content": content, "_w0": weight0})
-    plain = pl.struct("role", "content").struct.json_encode()
-    weighted = pl.struct("role", "content", pl.lit(0).alias("weight")).struct.json_encode()
-    encoded = texts.select(pl.when("_w0").then(weighted).otherwise(plain).alias("_json"))["_json"]
-    del texts, content
-    # Chains come level by level, so each row's messages are in DEPTH order: reversed, oldest first.
-    return (
-        pl.DataFrame({ROW: chains[ROW], "_json": encoded})
-        .group_by(ROW, maintain_order=True)
-        .agg(pl.col("_json").reverse().str.join(",").alias(BODY))
-    )
+    return BodyWriter(contexts, untrained, contexts.messages[MSG_CONTENT].hash(seed=_HASH_SEED))
 
 
-__all__ = ["BODY", "CHARS_PER_TOKEN", "CTX_CONTROL", "CTX_KEY", "DEPTH", "MSG", "ROW", "Contexts", "bodies",
-           "context_columns", "walk_contexts"]  # fmt: skip
+def bodies(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> pl.DataFrame:
+    """(ROW, BODY) for all `kept_rows` at once (see `body_writer`)."""
+    return body_writer(contexts, loaded, kept_rows)(kept_rows)
+
+
+__all__ = ["BODY", "CHARS_PER_TOKEN", "CTX_CONTROL", "CTX_KEY", "DEPTH", "MSG", "ROW", "BodyWriter", "Contexts",
+           "bodies", "body_writer", "context_columns", "walk_contexts"]  # fmt: skip

@@ -29,7 +29,8 @@ from cl_assets.core.curation.context import (
     CTX_CONTROL,
     CTX_KEY,
     ROW,
-    bodies,
+    BodyWriter,
+    body_writer,
     context_columns,
     walk_contexts,
 )
@@ -218,6 +219,28 @@ def curate_frame(
     context is walked from its `context_id` and judged with it (see `curation.context`).
     The rows carry BODY, the JSON of the messages before the answer (null: just the prompt).
     """
+    rows, counts, write_bodies = curate_rows(interactions, settings, replay_pool, messages)
+    return with_bodies(rows, write_bodies).drop(ROW), counts
+
+
+def with_bodies(rows: pl.DataFrame, write_bodies: BodyWriter | None) -> pl.DataFrame:
+    """`rows` (from `curate_rows`) with the BODY of their new rows filled in."""
+    if write_bodies is None:
+        return rows
+    written = write_bodies(rows[ROW]).rename({BODY: "_new_body"})
+    joined = rows.join(written, on=ROW, how="left", maintain_order="left")
+    return joined.with_columns(pl.coalesce(BODY, "_new_body").alias(BODY)).drop("_new_body")
+
+
+def curate_rows(
+    interactions: pl.LazyFrame,
+    settings: Settings,
+    replay_pool: pl.LazyFrame | None = None,
+    messages: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, dict[str, int], BodyWriter | None]:
+    """`curate_frame`, with the new rows' BODY left for the writer to encode a slice at a
+    time (`with_bodies`): the encoded contexts of every line at once would be the biggest
+    thing in memory. The rows carry ROW (null for replayed rows, whose BODY is there)."""
     current = interactions.collect().with_row_index(ROW)
     contexts = walk_contexts(current, messages, max_depth=settings.max_conversation_messages,
                              budget_chars=settings.train_max_length * CHARS_PER_TOKEN)  # fmt: skip
@@ -230,13 +253,10 @@ def curate_frame(
         after[name] = current.height
     if BODY not in current.columns:
         current = current.with_columns(pl.lit(None, pl.String).alias(BODY))
-    if loaded is not None:
-        new = current.filter(pl.col(REPLAY_FROM).is_null())[ROW]
-        written = bodies(contexts, loaded, new).rename({BODY: "_new_body"})
-        current = current.join(written, on=ROW, how="left", maintain_order="left").with_columns(
-            pl.coalesce(BODY, "_new_body").alias(BODY)
-        ).drop("_new_body")
-    columns = [PROMPT, RESPONSE, BODY, USER, REPLAY_FROM] + ([LABEL] if settings.train_mode == "kto" else [])
+    write_bodies = None
+    if loaded is not None and not contexts.chains.is_empty():
+        write_bodies = body_writer(contexts, loaded, current.filter(pl.col(REPLAY_FROM).is_null())[ROW])
+    columns = [PROMPT, RESPONSE, BODY, USER, REPLAY_FROM, ROW] + ([LABEL] if settings.train_mode == "kto" else [])
     rows = current.select(columns)
     order = current.select(
         pl.arg_sort_by([pl.col(REPLAY_FROM).is_not_null(), CREATED, ID], nulls_last=True, maintain_order=True)
@@ -246,9 +266,10 @@ def curate_frame(
     counts = {key: after[key] for key in COUNT_KEYS[:-2]}
     counts["replay_added"] = after["replay"] - after["per_user_cap"]
     counts["final"] = after["replay"]
-    counts["with_context"] = int(rows[BODY].is_not_null().sum())
+    with_chain = rows[ROW].is_in(contexts.chains[ROW].unique()) if not contexts.chains.is_empty() else None
+    counts["with_context"] = int(rows[BODY].is_not_null().sum()) + (int(with_chain.sum()) if with_chain is not None else 0)
     counts["context_trimmed"] = contexts.trimmed
     if settings.train_mode == "kto":
         counts["label_true"] = int(rows[LABEL].sum())
         counts["label_false"] = rows.height - counts["label_true"]
-    return rows, counts
+    return rows, counts, write_bodies

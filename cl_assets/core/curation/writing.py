@@ -12,7 +12,7 @@ import polars as pl
 
 from cl_assets.core.curation.columns import LABEL, PROMPT, REPLAY_FROM, RESPONSE, USER
 from cl_assets.core.curation.context import BODY
-from cl_assets.core.curation.filters import curate_frame
+from cl_assets.core.curation.filters import curate_rows, with_bodies
 from cl_assets.core.curation.replay import replay_pool
 from cl_assets.core.events import record_event
 from cl_assets.core.files import atomic_write_lines
@@ -98,13 +98,13 @@ def curate_snapshot(
 
     watermark = store.feedback_since(0)[1]
     pool, pool_users = replay_pool(store, snapshot_id, settings.train_mode) if settings.replay_fraction > 0 else (None, {})
-    rows, counts = curate_frame(load_interactions(store, since), settings, pool, load_messages(store))
+    rows, counts, write_bodies = curate_rows(load_interactions(store, since), settings, pool, load_messages(store))
     if rows.is_empty():
         raise NothingToCurateError(counts)
 
-    def lines() -> Iterator[str]:  # in slices: one slice's lines alive at a time, not the whole file's
+    def lines() -> Iterator[str]:  # in slices: one slice's contexts and lines alive at a time
         for start in range(0, rows.height, _LINES_CHUNK):
-            yield from chatml_lines(rows.slice(start, _LINES_CHUNK), settings.train_mode)
+            yield from chatml_lines(with_bodies(rows.slice(start, _LINES_CHUNK), write_bodies), settings.train_mode)
 
     atomic_write_lines(path, lines())
     try:

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 from sqlalchemy import (
     Integer,
@@ -56,10 +55,8 @@ INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
 MSG_ID = "msg_id"
 MSG_PARENT = "msg_parent"  # the parent's place in the frame (-1: none)
 MSG_ROLE = "msg_role"
-MSG_CONTENT = "msg_content"  # "" where MSG_PROMPT_OF or MSG_ANSWER_OF names a row holding the text
+MSG_CONTENT = "msg_content"
 MSG_WEIGHT = "msg_weight"
-MSG_PROMPT_OF = "msg_prompt_of"  # an interaction whose prompt this message is (null: none)
-MSG_ANSWER_OF = "msg_answer_of"  # an interaction whose answer this message is (null: none)
 
 MESSAGES_SCHEMA: dict[str, pl.DataType] = {
     MSG_ID: pl.String(),
@@ -67,8 +64,6 @@ MESSAGES_SCHEMA: dict[str, pl.DataType] = {
     MSG_ROLE: pl.String(),
     MSG_CONTENT: pl.String(),
     MSG_WEIGHT: pl.Int8(),
-    MSG_PROMPT_OF: pl.String(),
-    MSG_ANSWER_OF: pl.String(),
 }
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S%.f"  # how SQLAlchemy stores DateTime on SQLite
@@ -167,82 +162,50 @@ def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
 
 
 def load_messages(store: Store, batch_size: int = 100_000) -> pl.DataFrame:
-    """Every stored context message, for curation to walk (columns: MESSAGES_SCHEMA).
+    """Every stored context message, for curation to walk (columns: MESSAGES_SCHEMA; parents
+    as places in the frame, matched by id here).
 
-    From a SQLite file (ADBC, in a child): parents come as places in the frame, worked out by
-    SQLite from its rowids, and the text of a message that is also an interaction's prompt or
-    answer (most of a chat's history) is not read twice: the message names that interaction
-    and curation takes the text from the interactions frame (views into the same buffers).
-    Other databases: every message with its text; parents matched by id in Polars.
+    Read like the interactions: ADBC in a child for a SQLite file, SQLAlchemy batches otherwise.
     """
     database = store.engine.url.database if store.dialect == "sqlite" else None
     if database and database != ":memory:" and not database.startswith("file:"):
-        return _read_sqlite_messages(store, Path(database))
-    stmt = select(
-        Message.id.label(MSG_ID),
-        Message.parent_id.label("_parent_id"),
-        Message.role.label(MSG_ROLE),
-        Message.content.label(MSG_CONTENT),
-        Message.weight.label(MSG_WEIGHT),
-    )
-    schema = {MSG_ID: pl.String(), "_parent_id": pl.String(), MSG_ROLE: pl.String(), MSG_CONTENT: pl.String(),
-              MSG_WEIGHT: pl.Int8()}  # fmt: skip
-    with store.engine.connect() as conn:
-        batches = list(pl.read_database(stmt, conn, iter_batches=True, batch_size=batch_size, schema_overrides=schema))
-    frame = pl.concat(batches, rechunk=True) if batches else pl.DataFrame(schema=schema)
+        from cl_assets.core.store.arrow_reader import read_query
+        from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
+
+        stmt = select(  # NULLs as ''/-1: ADBC types a column by its first batch
+            Message.id.label(MSG_ID),
+            func.coalesce(Message.parent_id, literal_column("''")).label("_parent_id"),
+            Message.role.label(MSG_ROLE),
+            Message.content.label(MSG_CONTENT),
+            func.coalesce(Message.weight, literal_column("-1")).label(MSG_WEIGHT),
+        )
+        raw = read_query(Path(database), str(stmt.compile(dialect=store.engine.dialect)), None,
+                         busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS, batch_rows=_SQLITE_BATCH_ROWS)  # fmt: skip
+        as_text = {name: pl.col(name).cast(pl.String) for name in (MSG_ID, "_parent_id", MSG_ROLE, MSG_CONTENT)}
+        frame = raw.select(
+            as_text[MSG_ID],
+            pl.when(as_text["_parent_id"] != "").then(as_text["_parent_id"]).alias("_parent_id"),
+            as_text[MSG_ROLE],
+            as_text[MSG_CONTENT],
+            pl.when(pl.col(MSG_WEIGHT) >= 0).then(pl.col(MSG_WEIGHT)).cast(pl.Int8).alias(MSG_WEIGHT),
+        ).rechunk()
+        del raw
+    else:
+        stmt = select(
+            Message.id.label(MSG_ID),
+            Message.parent_id.label("_parent_id"),
+            Message.role.label(MSG_ROLE),
+            Message.content.label(MSG_CONTENT),
+            Message.weight.label(MSG_WEIGHT),
+        )
+        schema = {MSG_ID: pl.String(), "_parent_id": pl.String(), MSG_ROLE: pl.String(), MSG_CONTENT: pl.String(),
+                  MSG_WEIGHT: pl.Int8()}  # fmt: skip
+        with store.engine.connect() as conn:
+            batches = list(pl.read_database(stmt, conn, iter_batches=True, batch_size=batch_size, schema_overrides=schema))
+        frame = pl.concat(batches, rechunk=True) if batches else pl.DataFrame(schema=schema)
     index = frame.select(pl.col(MSG_ID).alias("_parent_id")).with_row_index("_place")
     parents = frame.select("_parent_id").join(index, on="_parent_id", how="left", maintain_order="left")["_place"]
-    return frame.select(
-        MSG_ID,
-        parents.cast(pl.Int64).fill_null(-1).alias(MSG_PARENT),
-        MSG_ROLE,
-        MSG_CONTENT,
-        MSG_WEIGHT,
-        pl.lit(None, pl.String).alias(MSG_PROMPT_OF),
-        pl.lit(None, pl.String).alias(MSG_ANSWER_OF),
-    )
-
-
-# One statement, one consistent snapshot. Correlated lookups use the primary key and
-# ix_interactions_context_id; NULLs come as -1 / '' (ADBC types a column by its first batch).
-_SQLITE_MESSAGES = """
-SELECT rowid_, parent_rowid, role, weight, prompt_of, answer_of, id,
-       CASE WHEN prompt_of = '' AND answer_of = '' THEN content ELSE '' END AS content
-FROM (
-  SELECT m.rowid AS rowid_, m.id AS id, m.role AS role, m.content AS content,
-         coalesce(m.weight, -1) AS weight,
-         coalesce((SELECT p.rowid FROM messages p WHERE p.id = m.parent_id), -1) AS parent_rowid,
-         coalesce((SELECT i.id FROM interactions i WHERE i.context_id = m.id AND i.prompt = m.content LIMIT 1), '')
-           AS prompt_of,
-         coalesce(CASE WHEN m.role = 'assistant' THEN (SELECT i.id FROM interactions i
-             WHERE i.context_id = m.parent_id AND i.response = m.content LIMIT 1) END, '') AS answer_of
-  FROM messages m
-)
-"""
-
-
-def _read_sqlite_messages(store: Store, path: Path) -> pl.DataFrame:
-    from cl_assets.core.store.arrow_reader import read_query
-    from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
-
-    frame = read_query(path, _SQLITE_MESSAGES, None, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS, batch_rows=_SQLITE_BATCH_ROWS)
-    if frame.is_empty():
-        return pl.DataFrame(schema=MESSAGES_SCHEMA)
-    rowids = frame["rowid_"].cast(pl.Int64).to_numpy()
-    place = np.full(int(rowids.max()) + 1, -1, dtype=np.int64)
-    place[rowids] = np.arange(len(rowids))
-    parent = frame["parent_rowid"].cast(pl.Int64).to_numpy()
-    parents = np.where(parent >= 0, place[np.clip(parent, 0, None)], -1)
-    as_text = {name: pl.col(name).cast(pl.String) for name in ("id", "role", "content", "prompt_of", "answer_of")}
-    return frame.select(
-        as_text["id"].alias(MSG_ID),
-        pl.Series(MSG_PARENT, parents),
-        as_text["role"].alias(MSG_ROLE),
-        as_text["content"].alias(MSG_CONTENT),
-        pl.when(pl.col("weight") >= 0).then(pl.col("weight")).cast(pl.Int8).alias(MSG_WEIGHT),
-        pl.when(as_text["prompt_of"] != "").then(as_text["prompt_of"]).alias(MSG_PROMPT_OF),
-        pl.when(as_text["answer_of"] != "").then(as_text["answer_of"]).alias(MSG_ANSWER_OF),
-    ).rechunk()
+    return frame.select(MSG_ID, parents.cast(pl.Int64).fill_null(-1).alias(MSG_PARENT), MSG_ROLE, MSG_CONTENT, MSG_WEIGHT)
 
 
 # -- monitoring ------------------------------------------------------------------------------
