@@ -48,6 +48,8 @@ class Contexts:
     chains: pl.DataFrame  # (ROW, DEPTH, MSG) of the kept messages, level by level (DEPTH 0 first)
     start: np.ndarray  # per ROW: MSG of its context_id (-1: none)
     trimmed: int  # conversations that lost earlier exchanges to the budget
+    key: np.ndarray | None = None  # per ROW: CTX_KEY (0 where there is no earlier turn)
+    control: np.ndarray | None = None  # per ROW: CTX_CONTROL
 
     @classmethod
     def empty(cls, rows: int) -> Contexts:
@@ -70,25 +72,41 @@ def walk_contexts(interactions: pl.DataFrame, messages: pl.DataFrame | None, *, 
     user = (messages[MSG_ROLE] == "user").to_numpy()
     length = messages[MSG_CONTENT].str.len_chars().fill_null(0).cast(pl.Int64).to_numpy()
     answer = interactions[RESPONSE].str.len_chars().fill_null(0).cast(pl.Int64).to_numpy()
+    # What the dedup key and the control-token check need of each message, once per message.
+    content_hash = messages.select(pl.struct(MSG_ROLE, MSG_CONTENT).hash(seed=_HASH_SEED)).to_series().to_numpy()
+    has_control = messages[MSG_CONTENT].str.contains(CONTROL_TOKEN).fill_null(False).to_numpy()
 
     # Level by level from the prompt upwards: each level is one gather over all rows still
     # walking. `climbed` is the text above the prompt so far (system prompts counted apart,
-    # as they always stay), taken level by level, never per row.
-    rows_parts, depth_parts, msg_parts, cum_parts = [], [], [], []
+    # as they always stay), `rolling` an FNV-style hash of the user and assistant messages
+    # above the prompt, `flagged` whether one of them holds a control token: per level, as
+    # arrays, never per row; each entry keeps the values as of its level, and the values at
+    # the row's cut are the kept context's.
+    rows_parts, depth_parts, msg_parts, cum_parts, key_parts, flag_parts = [], [], [], [], [], []
     climbed = np.zeros(n, dtype=np.int64)
     system_chars = np.zeros(n, dtype=np.int64)
+    rolling = np.full(n, np.uint64(0xCBF29CE484222325), dtype=np.uint64)
+    flagged = np.zeros(n, dtype=bool)
+    system_flagged = np.zeros(n, dtype=bool)
     rows = np.flatnonzero(start >= 0)
     current = start[rows]
     for depth in range(max_depth):
         if not len(rows):
             break
-        own = np.where(system[current], 0, length[current])
-        climbed[rows] += own
-        system_chars[rows] += np.where(system[current], length[current], 0)
+        is_sys = system[current]
+        climbed[rows] += np.where(is_sys, 0, length[current])
+        system_chars[rows] += np.where(is_sys, length[current], 0)
+        if depth > 0:
+            mixed = (rolling[rows] ^ content_hash[current]) * np.uint64(0x100000001B3)
+            rolling[rows] = np.where(is_sys, rolling[rows], mixed)
+        flagged[rows] |= has_control[current] & ~is_sys
+        system_flagged[rows] |= has_control[current] & is_sys
         rows_parts.append(rows.astype(np.uint32))
         depth_parts.append(np.full(len(rows), depth, np.uint16))
         msg_parts.append(current.astype(np.uint32))
         cum_parts.append(climbed[rows].copy())
+        key_parts.append(rolling[rows].copy())
+        flag_parts.append(flagged[rows].copy())
         current = parents[current]
         alive = current >= 0
         rows, current = rows[alive], current[alive]
@@ -104,8 +122,14 @@ def walk_contexts(interactions: pl.DataFrame, messages: pl.DataFrame | None, *, 
     np.maximum.at(cut, rows_all[candidate], depth_all[candidate].astype(np.int64))
     keep = is_system | (depth_all <= cut[rows_all])
     trimmed = len(np.unique(rows_all[~keep]))
+    at_cut = ~is_system & (depth_all == cut[rows_all])  # one entry per walked row
+    key = np.zeros(n, dtype=np.uint64)
+    key[rows_all[at_cut]] = np.concatenate(key_parts)[at_cut]
+    key[cut == 0] = 0  # no earlier turn kept: the prompt and answer are the whole conversation
+    control = system_flagged.copy()
+    control[rows_all[at_cut]] |= np.concatenate(flag_parts)[at_cut]
     chains = pl.DataFrame({ROW: rows_all[keep], DEPTH: depth_all[keep], MSG: msg_all[keep]})  # level by level
-    return Contexts(messages, chains, start, int(trimmed))
+    return Contexts(messages, chains, start, int(trimmed), key, control)
 
 
 def context_columns(contexts: Contexts, rows: int) -> pl.DataFrame:
@@ -113,29 +137,12 @@ def context_columns(contexts: Contexts, rows: int) -> pl.DataFrame:
 
     The key covers the user and assistant messages before the prompt (the prompt and answer
     have their own normalised key; the system prompt changes with the chat's settings, not
-    with what was said)."""
+    with what was said); null where there are none."""
     out = pl.DataFrame({ROW: np.arange(rows, dtype=np.uint32)})
-    if contexts.chains.is_empty():
+    if contexts.key is None or contexts.control is None:
         return out.with_columns(pl.lit(None, pl.UInt64).alias(CTX_KEY), pl.lit(False).alias(CTX_CONTROL))
-    messages = contexts.messages
-    content_hash = pl.struct(messages[MSG_ROLE], messages[MSG_CONTENT]).hash(seed=_HASH_SEED)
-    control = messages[MSG_CONTENT].str.contains(CONTROL_TOKEN)
-    chains = contexts.chains
-    per_message = chains.with_columns(
-        content_hash.gather(chains[MSG]).alias("_hash"),
-        control.gather(chains[MSG]).alias("_control"),
-        messages[MSG_ROLE].gather(chains[MSG]).alias(MSG_ROLE),
-    )
-    earlier = pl.col("_hash").filter((pl.col(DEPTH) > 0) & (pl.col(MSG_ROLE) != "system"))
-    per_row = per_message.group_by(ROW).agg(
-        earlier.alias("_hashes"),
-        pl.col("_control").any().alias(CTX_CONTROL),
-    ).select(
-        ROW,
-        pl.when(pl.col("_hashes").list.len() > 0).then(pl.col("_hashes").hash(seed=_HASH_SEED)).alias(CTX_KEY),
-        CTX_CONTROL,
-    )
-    return out.join(per_row, on=ROW, how="left", maintain_order="left").with_columns(pl.col(CTX_CONTROL).fill_null(False))
+    key = pl.Series(CTX_KEY, contexts.key)
+    return out.with_columns(pl.when(key != 0).then(key).alias(CTX_KEY), pl.Series(CTX_CONTROL, contexts.control))
 
 
 def _answer_keys(contexts: Contexts, answers: pl.DataFrame) -> pl.DataFrame:
