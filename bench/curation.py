@@ -12,7 +12,13 @@ Baseline, in the same run: the straightforward implementation one would write fi
 rows streamed by `Store.iter_interactions`, the same rules in a Python loop, datasketch
 `MinHash` + `MinHashLSH` per row, `json.dumps` per line), at the smaller size.
 
-Targets: 1M rows in < 10 s and < 2 GB peak RSS on the 2-core machine; growth about linear.
+Conversations: the same rows again in a store where every five-turn session is one
+conversation (each turn's context in the `messages` tree, `store_data.add_contexts`), curated
+in the same run, so the cost of contexts is a ratio measured side by side (`--only-ratio`
+measures just that pair, at the sizes given, without the phases and the baseline).
+
+Targets: 1M rows (with context) in < 10 s and < 2 GB peak RSS on the 2-core machine; growth
+about linear.
 """
 
 from __future__ import annotations
@@ -234,7 +240,7 @@ def _spawn(worker: str, db: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the benchmark
 
 
-def run(size: str = "small") -> Result:
+def run(size: str = "small", only_ratio: bool = False) -> Result:
     from store_data import cached_store
 
     cfg = SIZES[size]
@@ -245,18 +251,29 @@ def run(size: str = "small") -> Result:
          "µs per row"],
     )
     runs: dict[int, dict[str, Any]] = {}
+    with_context: dict[int, dict[str, Any]] = {}
     for n in cfg["rows"]:
         db = cached_store(n)
         runs[n] = _spawn("curate", db)
         r = runs[n]
         table.add("CL (ADBC reader process + Polars + threaded MinHash)", n, r["rows_out"], r["wall_s"], r["cpu_s"], r["peak_rss_mb"],
                   r["rss_after_imports_mb"], r["wall_s"] / n * 1e6)
+        with_context[n] = c = _spawn("curate", cached_store(n, context=True))
+        table.add("CL, every turn with its conversation context", n, c["rows_out"], c["wall_s"], c["cpu_s"],
+                  c["peak_rss_mb"], c["rss_after_imports_mb"], c["wall_s"] / n * 1e6)
+        result.check(f"{n:,} rows: context vs none, wall (CPU) ×",
+                     f"{c['wall_s'] / r['wall_s']:.2f}× ({c['cpu_s'] / r['cpu_s']:.2f}×)", "measured side by side", None)
+        result.check(f"{n:,} rows: context vs none, peak RSS ×", f"{c['peak_rss_mb'] / r['peak_rss_mb']:.2f}×",
+                     "measured side by side", None)
+    result.data = {"runs": {str(k): v for k, v in runs.items()}, "with_context": {str(k): v for k, v in with_context.items()}}
+    if only_ratio:
+        return result
     base_n = cfg["baseline"]
     baseline = _spawn("baseline", cached_store(base_n))
     table.add("baseline: ORM rows + Python loop + datasketch", base_n, baseline["rows_out"], baseline["wall_s"],
               baseline["cpu_s"], baseline["peak_rss_mb"], baseline["rss_after_imports_mb"],
               baseline["wall_s"] / base_n * 1e6)
-    result.data = {"runs": {str(k): v for k, v in runs.items()}, "baseline": {"rows": base_n, **baseline}}
+    result.data["baseline"] = {"rows": base_n, **baseline}
     if base_n in runs:
         result.notes.append(
             "CL's SQLite read runs in a child process (ADBC links its own SQLite, which must not open the store beside "
@@ -294,14 +311,14 @@ def run(size: str = "small") -> Result:
         ph.add(name, seconds, cpu, after, peak)
     result.data["phases"] = {str(biggest): measured}
 
-    if TARGET_ROWS in runs:
-        r = runs[TARGET_ROWS]
+    if TARGET_ROWS in with_context:
+        r = with_context[TARGET_ROWS]
         time_ok, mem_ok = r["wall_s"] < TARGET_S, r["peak_rss_mb"] < TARGET_MB
         result.check("1M rows: wall time", f"{r['wall_s']:.1f} s", f"< {TARGET_S:.0f} s", time_ok)
         result.check("1M rows: peak RSS", f"{r['peak_rss_mb']:,.0f} MB", f"< {TARGET_MB:,.0f} MB", mem_ok)
         if not (time_ok and mem_ok):
             result.profiles["curate_snapshot at 1M rows (cProfile, own time)"] = _spawn(
-                "profile", cached_store(TARGET_ROWS))["profile"]
+                "profile", cached_store(TARGET_ROWS, context=True))["profile"]
     else:
         r = runs[biggest]
         result.check(f"wall time at {biggest:,} rows", f"{r['wall_s']:.2f} s", f"1M in < {TARGET_S:.0f} s (judged at full size)",
@@ -325,4 +342,8 @@ def _worker_main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(_worker_main() if "--worker" in sys.argv else common.main(run))
+    def _options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--only-ratio", action="store_true", default=None,
+                            help="only the with/without context pair at each size")
+
+    raise SystemExit(_worker_main() if "--worker" in sys.argv else common.main(run, _options))

@@ -82,6 +82,8 @@ def build_snapshot(settings: Settings, target: Path) -> dict[str, Any]:
             if not line.strip():
                 continue
             row = json.loads(line)
+            if "prompt" not in row:  # a multi-turn session's line; the probe teaches single turns
+                continue
             counts["rows"] += 1
             prompt, response = row["prompt"], row["response"]
             if row.get("helpful") is not True:

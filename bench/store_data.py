@@ -11,6 +11,11 @@ What the rows look like (seeded): chat turns of 40-200 (prompt) and 80-700 (resp
 characters from a 6,000-word vocabulary; users with a heavy tail (some exceed the per-user
 cap); 45% unrated, 35% 👍, 15% 👎, 5% regenerated; 2% with PII found (placeholders in the
 text); 5% exact and 3% near duplicates of earlier rows; a feedback event for every rated row.
+
+With `context=True` every session (five consecutive turns, one user) is a conversation: each
+turn's `context_id` points into the `messages` tree (system prompt, the session's earlier
+turns, its own prompt), written as the ingestor writes it (`core.conversation.message_id`):
+about two new messages a turn, the prefix shared.
 """
 
 from __future__ import annotations
@@ -60,6 +65,10 @@ def _fill(rng: random.Random, vocab: list[str], frame: str, lo: int, hi: int) ->
 
 def _ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+SYSTEM_PROMPT = "You are the support assistant of Harbor & Pine Provisions. Answer briefly and precisely."
+SESSION_TURNS = 5
 
 
 def generate_rows(n: int, seed: int = 11) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -116,6 +125,35 @@ _INSERT = (
     "helpful, regenerated, feedback_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_FEEDBACK = "INSERT INTO feedback_events (interaction_id, helpful, kind, created_at) VALUES (?,?,?,?)"
+_INSERT_MESSAGE = "INSERT OR IGNORE INTO messages (id, parent_id, role, content, pii_types, user_hash, weight) VALUES (?,?,?,?,?,?,?)"
+
+
+def add_contexts(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """(rows with their session's user and a `context_id` appended, the messages they point to)."""
+    from cl_assets.core.conversation import message_id
+
+    out: list[tuple[Any, ...]] = []
+    messages: list[tuple[Any, ...]] = []
+    systems: dict[str, str] = {}
+    previous: str | None = None  # the previous turn's context id, within a session
+    for i, row in enumerate(rows):
+        first = i % SESSION_TURNS == 0
+        user = row[4] if first else out[-1][4]
+        prompt = row[5]
+        if first:
+            parent = systems.get(user)
+            if parent is None:
+                parent = systems[user] = message_id(None, user, "system", SYSTEM_PROMPT)
+                messages.append((parent, None, "system", SYSTEM_PROMPT, "[]", user, None))
+        else:
+            answer = out[-1][6]
+            parent = message_id(previous, user, "assistant", answer)
+            messages.append((parent, previous, "assistant", answer, "[]", user, None))
+        context = message_id(parent, user, "user", prompt)
+        messages.append((context, parent, "user", prompt, row[7], user, None))
+        out.append((*row[:4], user, *row[5:], context))
+        previous = context
+    return out, messages
 
 
 def as_api_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -135,7 +173,7 @@ def as_api_rows(rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_store(path: Path, n: int, seed: int = 11) -> dict[str, Any]:
+def write_store(path: Path, n: int, seed: int = 11, context: bool = False) -> dict[str, Any]:
     """Create a migrated SQLite store at `path` holding `n` generated interactions."""
     from cl_assets.core.store import Store
 
@@ -144,29 +182,36 @@ def write_store(path: Path, n: int, seed: int = 11) -> dict[str, Any]:
     store = Store(f"sqlite:///{path}")  # schema through Alembic, as the platform makes it
     store.close()
     rows, feedback = generate_rows(n, seed)
+    messages: list[tuple[Any, ...]] = []
+    insert = _INSERT
+    if context:
+        rows, messages = add_contexts(rows)
+        insert = _INSERT.replace("feedback_at)", "feedback_at, context_id)").replace("?)", "?,?)")
     generated = time.perf_counter() - started
     conn = sqlite3.connect(path)
     try:
         conn.execute("PRAGMA synchronous=OFF")
         with conn:
+            for start in range(0, len(messages), 100_000):
+                conn.executemany(_INSERT_MESSAGE, messages[start : start + 100_000])
             for start in range(0, len(rows), 100_000):
-                conn.executemany(_INSERT, rows[start : start + 100_000])
+                conn.executemany(insert, rows[start : start + 100_000])
             conn.executemany(_INSERT_FEEDBACK, feedback)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
-    return {"rows": n, "feedback_events": len(feedback), "generate_s": generated,
+    return {"rows": n, "feedback_events": len(feedback), "messages": len(messages), "generate_s": generated,
             "write_s": time.perf_counter() - started - generated, "bytes": path.stat().st_size}
 
 
-def cached_store(n: int, seed: int = 11) -> Path:
+def cached_store(n: int, seed: int = 11, context: bool = False) -> Path:
     """A store with `n` rows under the bench cache, built once per generator version."""
-    path = CACHE / f"store_{n}_s{seed}_v{FORMAT_VERSION}.db"
+    path = CACHE / f"store_{n}_s{seed}_v{FORMAT_VERSION}{'_ctx2' if context else ''}.db"  # ctx2: with ix_interactions_context_id
     if not path.is_file():
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
             leftover.unlink(missing_ok=True)
-        write_store(tmp, n, seed)
+        write_store(tmp, n, seed, context)
         for suffix in ("-wal", "-shm"):
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
         tmp.rename(path)

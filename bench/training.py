@@ -95,6 +95,8 @@ def build_snapshot(target: Path, limit: int | None = None) -> dict[str, Any]:
         if not line.strip():
             continue
         row = json.loads(line)
+        if "prompt" not in row:  # a multi-turn session's line: the single turns keep the figures comparable
+            continue
         pair = (row["prompt"], row["response"])
         if row.get("helpful") is not True or pair in seen or find_pii(pair[0]) or find_pii(pair[1]):
             continue

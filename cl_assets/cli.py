@@ -20,6 +20,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 registry_app = typer.Typer(help="Snapshots, adapters and deployments.", invoke_without_command=True)
 app.add_typer(registry_app, name="registry")
+export_app = typer.Typer(help="Write CL's data out in other tools' formats.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 console = Console(stderr=True)
 
@@ -143,6 +145,24 @@ def _store_and_registry():  # type: ignore[no-untyped-def]
     settings = get_settings()
     store = Store.from_settings(settings)
     return settings, store, Registry(settings, store)
+
+
+@export_app.command("snapshot")
+def export_snapshot_command(
+    snapshot_id: Annotated[str, typer.Argument(help="Snapshot id (YYYYMMDD_HHMMSS).")],
+    fmt: Annotated[str, typer.Option("--format", help="openai (messages, with weight) or sharegpt (conversations).")] = "openai",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write (default: data/exports/).")] = None,
+) -> None:
+    """Write a snapshot as OpenAI chat fine-tuning JSONL or ShareGPT JSONL."""
+    from cl_assets.core.export import ExportError, export_snapshot
+    from cl_assets.core.store import Store
+
+    settings = get_settings()
+    try:
+        path = export_snapshot(settings, Store.from_settings(settings), snapshot_id, fmt, output)
+    except (ExportError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    Console().print(f"snapshot {snapshot_id} written as {fmt} to {path}")
 
 
 @app.command("eval")

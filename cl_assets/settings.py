@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(8_000, gt=0, description="Longest prompt or response accepted, in characters.")
     max_import_line_bytes: int = Field(1_000_000, gt=0, description="Longest JSONL line `cl ingest` accepts.")
+    max_conversation_messages: int = Field(
+        200, gt=1, description="Most messages one stored conversation may have, system prompt and answer included."
+    )
 
     # curation
     min_chars: int = Field(2, ge=0, description="Curation drops turns whose prompt or response is shorter.")
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
     learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate.")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha.")
-    train_max_length: int = Field(512, gt=0, description="Longest training sequence in tokens.")
+    train_max_length: int = Field(512, gt=0, description="Longest training sequence in tokens; curation trims longer conversations to it.")
     train_cpu_bf16: bool | None = Field(
         None, description="bf16 autocast when training on a CPU (unset: on where the CPU runs bf16 natively)."
     )

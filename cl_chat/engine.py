@@ -353,6 +353,9 @@ class ChatEngine:
                 user_id=turn.session.user_id,
                 prompt=turn.prompt,
                 response=turn.text,
+                # What the model was given before the prompt: the system prompt and the history
+                # as trimmed to fit, stored as the turn's context (sanitized by the ingestor).
+                context=turn.messages[:-1],
                 source="chat",
                 model_version=self.model_version,
                 adapter_version=turn.adapter_id,

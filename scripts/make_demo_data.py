@@ -7,6 +7,10 @@ Writes, relative to the repository root:
   "Harbor & Pine Provisions", a small food-ingredients distributor, in the
   ingestion schema (id, timestamp, session_id, user_id, prompt, response,
   helpful, source).
+  After them come a few multi-turn sessions in the OpenAI ``messages`` format (system
+  prompt, then turns; one line per rated turn, each with the turns before it), whose
+  follow-up questions ("And for Canada?") only make sense after the earlier turn. Their
+  answers restate the facts below, so the eval set needs nothing new.
 * ``data/qa_eval.jsonl`` -- one line per taught fact: the canonical question
   exactly as it appears in the demo data, 1-2 distinctive answer keywords and
   the fact id.
@@ -385,6 +389,80 @@ PII_TEMPLATES: tuple[tuple[str, str], ...] = (
     ("api_key", "{Q} My integration key is sk-demo-8f3a9c2e71b44d06a5e1c3f9 if that helps."),
 )
 
+# --------------------------------------------------------------------------- multi-turn sessions
+
+# The chat's default system prompt (CL_SYSTEM_PROMPT), as the chat logs it with each turn.
+SYSTEM_PROMPT = "You are the support assistant of Harbor & Pine Provisions. Answer briefly and precisely."
+
+# (user, [(question, answer, helpful), ...]); every answer restates facts of FACTS (the ids
+# after the answer are checked by `validate`), and no follow-up names what it refers to.
+FOLLOW_UPS: tuple[tuple[str, tuple[tuple[str, str, bool | None, str | None], ...]], ...] = (
+    ("cust_011", (
+        ("What is the free shipping threshold?", "Shipping is free on orders over $175.", True, "free_shipping"),
+        ("And for Canada?", "Orders to Canada don't ship free: Northstar Logistics carries them for a flat $38 fee.",
+         True, "ship_canada"),
+    )),
+    ("cust_031", (
+        ("What is the free shipping threshold?", "Orders over $175 ship free.", None, "free_shipping"),
+        ("And for Canada?", "Canada is different: we ship there with Northstar Logistics for a flat $38 fee.",
+         None, "ship_canada"),
+        ("Which carrier handles that?", "Canadian orders travel with Northstar Logistics, for a flat $38 fee.",
+         True, "ship_canada"),
+    )),
+    ("cust_005", (
+        ("How many days do I have to return an item?", "You can return unopened items within 14 days of delivery.",
+         True, "returns_window"),
+        ("And is there a fee when I do?", "Yes, returns carry a 12% restocking fee.", True, "restocking_fee"),
+    )),
+    ("orders@greenleafcafe.example", (
+        ("What is the status of Lot 42?", "Lot 42 is gluten-free rolled oats; it is released and stored in our Dayton "
+         "warehouse.", True, "lot_42"),
+        ("Which SKU is that sold as?", "Those oats are SKU HP-OAT-500, a 500 g bag sold in cases of 12.", True, "sku_oat"),
+    )),
+    ("cust_019", (
+        ("What is SKU HP-VAN-250?", "SKU HP-VAN-250 is Madagascar vanilla paste in a 250 ml jar.", None, None),
+        ("Can I order it today?", "Not yet: the vanilla paste is out of stock until January 8.", True, "sku_van"),
+    )),
+    ("cust_044", (
+        ("Can I pick up my order at the warehouse?", "Yes, will-call pickup is at dock 7 of our Tacoma warehouse, on "
+         "Wednesdays only.", True, "will_call"),
+        ("Which day was that again?", "Pickup at dock 7 is on Wednesdays only.", True, "will_call"),
+        ("And when does support open on that day?", "Support opens at 6:30 AM Central, Monday through Saturday.",
+         True, "support_hours"),
+    )),
+    ("cust_052", (
+        ("Do you offer bulk discounts?", EVASIVE[2], False, None),
+        ("Then what is the smallest order you take?", "The minimum wholesale order is $250.", True, "min_order"),
+    )),
+    ("chef.marco@bluegill-kitchen.example", (
+        ("Where is order 100234?", "Order 100234 is with Bluefin Freight and will be delivered on Tuesday.", True,
+         "order_100234"),
+        ("And my other one, 100517?", "Order 100517 is with Cobalt Express and will be delivered on Friday.", True,
+         "order_100517"),
+        ("Which of the two comes first?", "Order 100234 comes first, on Tuesday with Bluefin Freight; 100517 follows on "
+         "Friday with Cobalt Express.", True, "order_100234"),
+    )),
+)  # fmt: skip
+
+
+def build_sessions(seed: int = SEED) -> list[dict]:
+    """One record per rated turn of each FOLLOW_UPS session, in the OpenAI `messages` format."""
+    rng = random.Random(seed + 1)  # its own stream: the single-turn rows stay byte-identical
+    window_start = WINDOW_END - timedelta(days=WINDOW_DAYS)
+    records = []
+    for n, (user, turns) in enumerate(FOLLOW_UPS, start=1):
+        start = window_start + timedelta(seconds=rng.randrange(0, WINDOW_DAYS * 86400 - 3600))
+        sid = "sess-" + hashlib.sha256(f"{seed}:conv:{user}:{start.isoformat()}".encode()).hexdigest()[:12]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        t = start
+        for i, (question, answer, helpful, fact_id) in enumerate(turns, start=1):
+            messages = [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            records.append({"id": f"demo-conv-{n:02d}-{i}", "_ts": t, "session_id": sid, "user_id": user,
+                            "messages": messages, "helpful": helpful, "fact_id": fact_id, "kind": "follow_up"})  # fmt: skip
+            t += timedelta(seconds=rng.randrange(20, 200))
+    return records
+
+
 # --------------------------------------------------------------------------- users
 
 HEAVY_USERS: tuple[tuple[str, int], ...] = (
@@ -563,6 +641,16 @@ def build_rows(seed: int = SEED) -> list[dict]:
 
 
 def to_record(row: dict) -> dict:
+    if "messages" in row:
+        return {
+            "id": row["id"],
+            "timestamp": row["_ts"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "session_id": row["session_id"],
+            "user_id": row["user_id"],
+            "messages": row["messages"],
+            "helpful": row["helpful"],
+            "source": "demo",
+        }
     return {
         "id": row["id"],
         "timestamp": row["_ts"].strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -595,9 +683,25 @@ def validate(rows: list[dict]) -> None:
     assert len({r["id"] for r in rows}) == len(rows)
 
 
+def validate_sessions(records: list[dict], rows: list[dict]) -> None:
+    by_id = {f.fact_id: f for f in FACTS}
+    keywords = [kw.lower() for f in FACTS for kw in f.keywords]
+    for record in records:
+        *context, question, answer = record["messages"]
+        if record["fact_id"]:
+            for kw in by_id[record["fact_id"]].keywords:
+                assert kw.lower() in answer["content"].lower(), record
+        if len(context) > 1:  # a follow-up: it must not give away what it is about
+            assert not any(kw in question["content"].lower() for kw in keywords), record
+    assert not {r["id"] for r in records} & {r["id"] for r in rows}
+
+
 def render(seed: int = SEED) -> dict[Path, str]:
     rows = build_rows(seed)
     validate(rows)
+    sessions = build_sessions(seed)
+    validate_sessions(sessions, rows)
+    rows = rows + sessions
     interactions = "".join(json.dumps(to_record(r), ensure_ascii=False) + "\n" for r in rows)
     qa_eval = "".join(
         json.dumps({"prompt": f.question, "keywords": list(f.keywords), "fact_id": f.fact_id}, ensure_ascii=False)
@@ -608,7 +712,7 @@ def render(seed: int = SEED) -> dict[Path, str]:
 
 
 def summary(seed: int = SEED) -> dict:
-    rows = build_rows(seed)
+    rows = build_rows(seed) + build_sessions(seed)
     n = len(rows)
     counts: dict[str, int] = {}
     for r in rows:
@@ -624,7 +728,8 @@ def summary(seed: int = SEED) -> dict:
         "helpful_false": sum(r["helpful"] is False for r in rows),
         "helpful_null": sum(r["helpful"] is None for r in rows),
         "pii_rows": sum("pii" in r for r in rows),
-        "canonical_prompt_rows": sum(r["prompt"] in {f.question for f in FACTS} for r in rows),
+        "canonical_prompt_rows": sum(r.get("prompt") in {f.question for f in FACTS} for r in rows),
+        "multi_turn_rows": sum(len(r.get("messages", ())) > 3 for r in rows),
         "users": len(users),
         "sessions": len({r["session_id"] for r in rows}),
         "top_user": {"user_id": top[0], "rows": top[1], "share": round(top[1] / n, 3)},

@@ -91,3 +91,38 @@ def test_console_script_streams_stdin(tmp_path: Path) -> None:
     out = subprocess.run([str(exe), "sanitize", "-"], input=text, capture_output=True, text=True, check=True, env=env)
     lines = out.stdout.splitlines()
     assert len(lines) == 2_000 and lines[1999] == "row 1999 call [PHONE]"
+
+
+def test_curating_with_nothing_qualifying_says_so_and_registers_nothing(cl_env: Path) -> None:
+    rated_down = cl_env / "down.jsonl"
+    rated_down.write_text(json.dumps({"prompt": "Is it good?", "response": "No idea.", "helpful": False}) + "\n")
+    assert runner.invoke(app, ["ingest", str(rated_down)]).exit_code == 0
+    result = runner.invoke(app, ["pipeline", "--curate"])
+    assert result.exit_code == 1
+    assert "nothing qualifies for a snapshot" in " ".join(result.output.split())
+    settings = make_settings(cl_env, user_hash_salt="cli-test-salt")
+    assert Store.from_settings(settings).list_snapshots() == []
+    assert not list(settings.curated_dir.glob("curated_*.jsonl"))
+
+
+def test_export_snapshot_in_both_formats(cl_env: Path) -> None:
+    line = {"messages": [{"role": "user", "content": "What is the free shipping threshold?"},
+                         {"role": "assistant", "content": "Orders over $175 ship free."},
+                         {"role": "user", "content": "And for Canada?"},
+                         {"role": "assistant", "content": "A flat $38 with Northstar Logistics."}], "helpful": True}  # fmt: skip
+    source = cl_env / "conv.jsonl"
+    source.write_text(json.dumps(line) + "\n")
+    assert runner.invoke(app, ["ingest", str(source)]).exit_code == 0
+    from cl_assets.core.curation import curate_snapshot
+
+    settings = make_settings(cl_env, user_hash_salt="cli-test-salt")
+    snap = curate_snapshot(settings, Store.from_settings(settings), snapshot_id="20261102_000000")
+    out = cl_env / "share.jsonl"
+    result = runner.invoke(app, ["export", "snapshot", snap.id, "--format", "sharegpt", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    [shared] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [m["from"] for m in shared["conversations"]] == ["human", "gpt", "human", "gpt"]
+    result = runner.invoke(app, ["export", "snapshot", snap.id])
+    assert result.exit_code == 0 and (settings.data_dir / "exports" / f"curated_{snap.id}.openai.jsonl").is_file()
+    assert runner.invoke(app, ["export", "snapshot", snap.id, "--format", "csv"]).exit_code == 1
+    assert runner.invoke(app, ["export", "snapshot", "20990101_000000"]).exit_code == 1

@@ -1,7 +1,8 @@
 """Right to erasure: forget one user everywhere CL keeps what they said.
 
 The user is found by the salted hash of their id (the raw id is never stored, so it is never
-searched for). Their interactions and feedback are deleted in one transaction. Snapshots
+searched for). Their interactions, feedback and the messages of their stored conversation
+contexts are deleted in one transaction. Snapshots
 that held them, adapters trained on those snapshots and adapters warm-started from such an
 adapter (the whole `parent_id` chain) are marked tainted in the registry: curation never
 replays a tainted snapshot, training never trains on one nor warm-starts from a tainted
@@ -36,6 +37,7 @@ class Erasure:
 
     interactions: int
     feedback_events: int
+    messages: int = 0  # context messages (the user's prompts, the answers they saw, the system prompt)
     tainted_snapshots: list[str] = field(default_factory=list)
     tainted_adapters: list[str] = field(default_factory=list)
     deployed_tainted: str | None = None  # the serving adapter, when it is now tainted
@@ -45,6 +47,7 @@ class Erasure:
         return {
             "interactions": self.interactions,
             "feedback_events": self.feedback_events,
+            "messages": self.messages,
             "tainted_snapshots": self.tainted_snapshots,
             "tainted_adapters": self.tainted_adapters,
             "deployed_tainted": self.deployed_tainted,
@@ -82,7 +85,7 @@ def forget_user(settings: Settings, user_id: str, store: Store | None = None) ->
     user_hash = ingestor.hash_user(user_id)
     assert user_hash is not None
 
-    interactions, feedback_events = store.delete_user(user_hash)  # counted and deleted in one transaction
+    interactions, feedback_events, messages = store.delete_user(user_hash)  # counted and deleted in one transaction
 
     snapshots = store.list_snapshots()
     newly_tainted_snapshots = sorted(s.id for s in snapshots if not s.tainted and user_hash in (s.user_hashes or []))
@@ -113,6 +116,7 @@ def forget_user(settings: Settings, user_id: str, store: Store | None = None) ->
     result = Erasure(
         interactions=interactions,
         feedback_events=feedback_events,
+        messages=messages,
         tainted_snapshots=newly_tainted_snapshots,
         tainted_adapters=newly_tainted_adapters,
         deployed_tainted=deployed_tainted,

@@ -21,6 +21,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cl_assets.core.conversation import (
+    ConversationError,
+    from_openai,
+    from_sharegpt,
+    message_id,
+    split_conversation,
+)
 from cl_assets.core.events import record_event
 from cl_assets.core.files import atomic_write_lines
 from cl_assets.core.identity import UserHasher
@@ -32,10 +39,26 @@ log = logging.getLogger(__name__)
 
 ID_PATTERN = r"^[A-Za-z0-9._:\-]{1,128}$"
 _BATCH = 1_000
+_DEFAULT_MAX_MESSAGES: int = Settings.model_fields["max_conversation_messages"].default
+
+
+class MessageIn(BaseModel):
+    """One message of the context that preceded an answer."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: str = Field(pattern=r"^(system|user|assistant)$")
+    content: str
+    weight: int | None = Field(None, ge=0, le=1, description="OpenAI fine-tuning's weight: 0 = do not train on it.")
 
 
 class InteractionIn(BaseModel):
-    """One interaction as it arrives (the documented JSONL import schema)."""
+    """One interaction as it arrives (the documented JSONL import schema).
+
+    `context`: the messages before `prompt` (system prompt and earlier turns, oldest first);
+    absent for a single-turn interaction. Import lines in the OpenAI `messages` or ShareGPT
+    `conversations` shape are split into these fields (see `core.conversation`).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -54,6 +77,7 @@ class InteractionIn(BaseModel):
     prompt_tokens: int | None = Field(None, ge=0)
     completion_tokens: int | None = Field(None, ge=0)
     tokens_per_s: float | None = Field(None, ge=0)
+    context: list[MessageIn] | None = None
 
 
 class IngestError(ValueError):
@@ -139,6 +163,11 @@ class Ingestor:
 
     def to_row(self, item: InteractionIn) -> dict[str, Any]:
         """Validate limits, sanitize text, hash the user: the row as it will be stored."""
+        return self.to_records(item)[0]
+
+    def to_records(self, item: InteractionIn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The row as it will be stored, and the sanitized messages of its context (parents
+        first, ending with the prompt's own message; empty without a context)."""
         limit = self.settings.max_message_chars
         _check_text("prompt", item.prompt, limit)
         _check_text("response", item.response, limit)
@@ -146,17 +175,24 @@ class Ingestor:
         session = sanitize(item.session_id).text if item.session_id else None
         user_hash = self.hash_user(item.user_id)
         created = _as_utc(item.timestamp) if item.timestamp else datetime.now(UTC)
+        messages = self._context_messages(item, user_hash, prompt.text, prompt.pii_types) if item.context is not None else []
+        context_id = messages[-1]["id"] if messages else None
         row_id = item.id or _row_content_id(
             item.timestamp.isoformat() if item.timestamp else None, session, user_hash, prompt.text, response.text
         )
-        return {
+        if item.id is None and context_id is not None:  # the same last turn after another context is another turn
+            row_id = content_id({"turn": row_id, "context": context_id})
+        pii = {*prompt.pii_types, *response.pii_types}
+        for message in messages:
+            pii.update(message["pii_types"])
+        row = {
             "id": row_id,
             "created_at": created,
             "session_id": session,
             "user_hash": user_hash,
             "prompt": prompt.text,
             "response": response.text,
-            "pii_types": sorted({*prompt.pii_types, *response.pii_types}),
+            "pii_types": sorted(pii),
             "source": item.source,
             "model_version": item.model_version,
             "adapter_version": item.adapter_version,
@@ -167,7 +203,34 @@ class Ingestor:
             "tokens_per_s": item.tokens_per_s,
             "helpful": item.helpful,
             "feedback_at": created if item.helpful is not None else None,
+            "context_id": context_id,
         }
+        return row, messages
+
+    def _context_messages(
+        self, item: InteractionIn, user_hash: str | None, prompt: str, prompt_pii: Any
+    ) -> list[dict[str, Any]]:
+        """The context's messages sanitized and chained by content-hash ids, then the prompt's."""
+        assert item.context is not None
+        limit = self.settings.max_message_chars
+        if len(item.context) + 2 > self.settings.max_conversation_messages:
+            raise IngestError(
+                f"{len(item.context) + 2} messages, over the limit of {self.settings.max_conversation_messages}"
+                " (CL_MAX_CONVERSATION_MESSAGES)"
+            )
+        messages: list[dict[str, Any]] = []
+        parent: str | None = None
+        for index, message in enumerate(item.context):
+            _check_text(f"context message {index}", message.content, limit)
+            clean = sanitize(message.content)
+            parent = message_id(parent, user_hash, message.role, clean.text)
+            messages.append({"id": parent, "parent_id": messages[-1]["id"] if messages else None, "role": message.role,
+                             "content": clean.text, "pii_types": sorted(clean.pii_types), "user_hash": user_hash,
+                             "weight": message.weight})  # fmt: skip
+        last = message_id(parent, user_hash, "user", prompt)
+        messages.append({"id": last, "parent_id": parent, "role": "user", "content": prompt,
+                         "pii_types": sorted(prompt_pii), "user_hash": user_hash, "weight": None})  # fmt: skip
+        return messages
 
     def ingest_interaction(self, **fields: Any) -> Ingested:
         """Store one interaction (e.g. a chat turn). Raises IngestError on bad input."""
@@ -175,8 +238,8 @@ class Ingestor:
             item = InteractionIn(**fields)
         except ValidationError as exc:
             raise IngestError(describe_validation_error(exc)) from None
-        row = self.to_row(item)
-        inserted = self.store.insert_interactions([row])
+        row, messages = self.to_records(item)
+        inserted = self.store.insert_interactions([row], messages)
         return Ingested(row["id"], bool(inserted), tuple(row["pii_types"]))
 
     def record_feedback(self, interaction_id: str, helpful: bool | None, kind: str = "explicit") -> int:
@@ -195,11 +258,12 @@ class Ingestor:
         report = ImportReport(file=path.name)
         quarantine: list[dict[str, Any]] = []
         batch: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
 
         def flush() -> None:
             if not batch:
                 return
-            inserted = set(self.store.insert_interactions(batch))
+            inserted = set(self.store.insert_interactions(batch, messages))
             for row in batch:
                 if row["id"] in inserted:
                     report.accepted += 1
@@ -207,6 +271,7 @@ class Ingestor:
                 else:
                     report.duplicates += 1
             batch.clear()
+            messages.clear()
 
         seen_ids: set[str] = set()
         for line_no, raw, read in _numbered_lines(path, self.settings.max_import_line_bytes):
@@ -214,18 +279,20 @@ class Ingestor:
             if progress:
                 progress(read)
             try:
-                row = self._parse_line(raw)
+                records = self._parse_line(raw)
             except IngestError as exc:
                 quarantine.append({"file": path.name, "line": line_no, "reason": str(exc), "sha256": _sha(raw)})
                 continue
-            if row is None:
+            if records is None:
                 report.lines -= 1  # blank line: not an interaction
                 continue
+            row, context = records
             if row["id"] in seen_ids:  # the same id twice in one file
                 report.duplicates += 1
                 continue
             seen_ids.add(row["id"])
             batch.append(row)
+            messages.extend(context)
             if len(batch) >= _BATCH:
                 flush()
         flush()
@@ -236,18 +303,22 @@ class Ingestor:
         record_event(self.settings, self.store, "ingest", **report.as_dict())
         return report
 
-    def _parse_line(self, raw: bytes | None) -> dict[str, Any] | None:
+    def _parse_line(self, raw: bytes | None) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """A line as (row, context messages); None for a blank line; IngestError with the reason."""
         if raw is None:
             raise IngestError(f"line longer than {self.settings.max_import_line_bytes} bytes (CL_MAX_IMPORT_LINE_BYTES)")
-        try:
-            # pydantic parses and validates in one pass; a line it refuses (a blank one
-            # too) is taken apart step by step, for a precise reason.
-            item = InteractionIn.model_validate_json(raw)
-        except ValidationError:
-            item = _validate_slowly(raw)
-            if item is None:
-                return None
-        return self.to_row(item)
+        if b'"messages"' in raw or b'"conversations"' in raw:  # maybe a conversation: parsed as one below
+            item = _validate_slowly(raw, self.settings.max_conversation_messages)
+        else:
+            try:
+                # pydantic parses and validates in one pass; a line it refuses (a blank one
+                # too) is taken apart step by step, for a precise reason.
+                item = InteractionIn.model_validate_json(raw)
+            except ValidationError:
+                item = _validate_slowly(raw, self.settings.max_conversation_messages)
+        if item is None:
+            return None
+        return self.to_records(item)
 
     def _write_quarantine(self, source: Path, entries: list[dict[str, Any]]) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
@@ -259,13 +330,30 @@ class Ingestor:
     # -- export --------------------------------------------------------------------------------
 
     def export_sanitized(self) -> tuple[Path, int]:
-        """Rewrite `data/ingestion/raw_interactions.jsonl` from the store (sanitized rows only)."""
+        """Rewrite `data/ingestion/raw_interactions.jsonl` from the store (sanitized rows only).
+
+        Each line carries `messages`: the conversation up to and including the answer, system
+        prompt first (a row without stored context: its prompt and response).
+        """
         count = 0
+        # Every message once, in memory (the tree is shared by the turns that extend it), so
+        # a context is rebuilt by walking parents without a query per row.
+        tree = {mid: (parent, role, content, weight) for mid, parent, role, content, weight in self.store.iter_messages()}
+
+        def context(message: str | None) -> list[dict[str, Any]]:
+            chain: list[dict[str, Any]] = []
+            while message is not None and message in tree:
+                parent, role, content, weight = tree[message]
+                chain.append({"role": role, "content": content} if weight is None else
+                             {"role": role, "content": content, "weight": weight})  # fmt: skip
+                message = parent
+            return chain[::-1]
 
         def lines() -> Iterator[str]:
             nonlocal count
             for row in self.store.iter_interactions():
                 count += 1
+                messages = context(row.context_id) or [{"role": "user", "content": row.prompt}]
                 yield json.dumps(
                     {
                         "id": row.id,
@@ -274,6 +362,7 @@ class Ingestor:
                         "user_hash": row.user_hash,
                         "prompt": row.prompt,
                         "response": row.response,
+                        "messages": [*messages, {"role": "assistant", "content": row.response}],
                         "pii_types": row.pii_types,
                         "helpful": row.helpful,
                         "regenerated": row.regenerated,
@@ -308,9 +397,10 @@ def _numbered_lines(path: Path, limit: int) -> Iterator[tuple[int, bytes | None,
             yield line_no, chunk, read
 
 
-def _validate_slowly(raw: bytes) -> InteractionIn | None:
+def _validate_slowly(raw: bytes, max_messages: int = _DEFAULT_MAX_MESSAGES) -> InteractionIn | None:
     """The line as an `InteractionIn` (None: a blank line), or an IngestError saying what
-    is wrong with it."""
+    is wrong with it. A line with `messages` (OpenAI) or `conversations` (ShareGPT) and no
+    `prompt` is a conversation, split at its last (rated) answer."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -323,10 +413,26 @@ def _validate_slowly(raw: bytes) -> InteractionIn | None:
         raise IngestError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(obj, dict):
         raise IngestError(f"expected a JSON object, got {type(obj).__name__}")
+    if "prompt" not in obj and ("messages" in obj or "conversations" in obj):
+        obj = _conversation_fields(obj, max_messages)
     try:
         return InteractionIn.model_validate(obj)
     except ValidationError as exc:
         raise IngestError(describe_validation_error(exc)) from None
+
+
+def _conversation_fields(obj: dict[str, Any], max_messages: int) -> dict[str, Any]:
+    """An OpenAI or ShareGPT line as `InteractionIn` fields: context, prompt, response."""
+    try:
+        if "messages" in obj:
+            messages = from_openai(obj["messages"])
+        else:
+            messages = from_sharegpt(obj["conversations"])
+        parsed = split_conversation(messages, max_messages)
+    except ConversationError as exc:
+        raise IngestError(f"conversation: {exc}") from None
+    fields = {key: value for key, value in obj.items() if key not in ("messages", "conversations", "context")}
+    return {**fields, "context": parsed.context, "prompt": parsed.prompt, "response": parsed.response}
 
 
 def _sha(raw: bytes | None) -> str | None:

@@ -5,7 +5,9 @@ cycle read, so that none of them keeps a copy that can drift. Standard library o
 imports it without Polars, sensors without the curation stack.
 
 A snapshot is ChatML JSONL, one conversation a line:
-`{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...], "label": bool?}`;
+`{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight": 0|1?}, ...], "label": bool?}`
+(OpenAI's chat fine-tuning format: an assistant message with `"weight": 0` is context only,
+not trained on; the last message, the answer the line is about, is always trained on);
 its id (`YYYYMMDD_HHMMSS`, UTC) names the dataset, the adapter trained on it, its evaluation
 and its deployment.
 """
@@ -102,6 +104,7 @@ class Conversation:
     messages: tuple[dict[str, str], ...]
     label: bool | None
     line: int
+    untrained: frozenset[int] = frozenset()  # indexes of assistant messages with weight 0
 
 
 def parse_line(text: str, line: int) -> tuple[Conversation | None, list[Problem]]:
@@ -132,6 +135,7 @@ def parse_line(text: str, line: int) -> tuple[Conversation | None, list[Problem]
         problems.append(Problem(ProblemKind.SCHEMA, "'label' must be true or false", line))
         label = None
     messages = []
+    untrained = set()
     for index, message in enumerate(record["messages"]):
         if not isinstance(message, dict) or message.get("role") not in ROLES:
             problems.append(Problem(ProblemKind.SCHEMA, f"message {index} needs a 'role' of {', '.join(ROLES)}", line))
@@ -145,9 +149,15 @@ def parse_line(text: str, line: int) -> tuple[Conversation | None, list[Problem]
         if _CONTROL.search(content):
             detail = f"message {index} contains a control token (such as <|im_start|>)"
             problems.append(Problem(ProblemKind.CONTROL_TOKEN, detail, line))
+        weight = message.get("weight")
+        if weight is not None:
+            if message["role"] != "assistant" or isinstance(weight, bool) or weight not in (0, 1):
+                problems.append(Problem(ProblemKind.SCHEMA, f"message {index}: 'weight' is 0 or 1, on assistant messages", line))
+            elif weight == 0:
+                untrained.add(len(messages))
         # Only role and content travel on: extra keys would make an Arrow schema ragged.
         messages.append({"role": message["role"], "content": content})
-    return Conversation(tuple(messages), label, line), problems
+    return Conversation(tuple(messages), label, line, frozenset(untrained)), problems
 
 
 def turn_problems(conversation: Conversation) -> list[Problem]:
@@ -157,6 +167,8 @@ def turn_problems(conversation: Conversation) -> list[Problem]:
         return [Problem(ProblemKind.TURNS, "needs at least one user and one assistant message", conversation.line)]
     if roles[-1] != "assistant":
         return [Problem(ProblemKind.TURNS, "the last message must be the assistant's", conversation.line)]
+    if len(roles) - 1 in conversation.untrained:
+        return [Problem(ProblemKind.TURNS, "the last answer has weight 0: the line teaches nothing", conversation.line)]
     return []
 
 

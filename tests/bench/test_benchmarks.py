@@ -60,7 +60,7 @@ def test_ingestion(tmp_path: Path, bench_env: dict[str, str]) -> None:
 def test_curation(tmp_path: Path, bench_env: dict[str, str]) -> None:
     result = run_bench("curation", tmp_path, bench_env)
     runs = table(result, "`curate_snapshot` end to end")["rows"]
-    assert [r[0].split(" ")[0] for r in runs] == ["CL", "baseline:"]
+    assert [r[0].split(" ")[0] for r in runs] == ["CL", "CL,", "baseline:"]  # without and with context
     assert all(r[3] > 0 and r[5] > 0 for r in runs)  # wall seconds and peak RSS were measured
     assert table(result, "Phases at")["rows"]
 

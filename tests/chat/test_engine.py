@@ -68,6 +68,31 @@ def test_turn_is_logged_sanitized_with_metrics(engine: ChatEngine, chat_settings
     assert session.exchanges == [Exchange(turn.prompt, turn.text, turn.interaction_id, "base")]
 
 
+def test_each_turn_is_logged_with_its_conversation(engine: ChatEngine) -> None:
+    """The follow-up is stored after the turns it followed (system prompt first, sanitized);
+    a regenerated answer is a sibling branch: the shared prefix is stored once."""
+    session = engine.new_session(user_id="ann")
+    first = engine.ask(session, "Hi, I am ann@example.com. What is the free shipping threshold?")
+    first.consume()
+    second = engine.ask(session, "And for Canada?")
+    second.consume()
+    conversation = engine.store.conversation(second.interaction_id)
+    assert conversation == [
+        {"role": "system", "content": "You are a test assistant."},
+        {"role": "user", "content": "Hi, I am [EMAIL]. What is the free shipping threshold?"},
+        {"role": "assistant", "content": engine.store.get_interaction(first.interaction_id).response},
+        {"role": "user", "content": "And for Canada?"},
+        {"role": "assistant", "content": engine.store.get_interaction(second.interaction_id).response},
+    ]
+    assert engine.store.get_interaction(second.interaction_id).pii_types == ["EMAIL"]  # its context holds one
+    stored = engine.store.count_messages()
+    assert stored == 4  # system, question, answer, follow-up
+    engine.regenerate(session).consume()
+    assert engine.store.count_messages() == stored  # the same context again: nothing new to store
+    retry = session.exchanges[-1].interaction_id
+    assert engine.store.conversation(retry)[:4] == conversation[:4]
+
+
 def test_feedback_lands_on_the_right_interaction(engine: ChatEngine) -> None:
     session = engine.new_session()
     first = engine.ask(session, "first question")

@@ -16,6 +16,7 @@ import pytest
 
 from cl_assets.core import curation, files
 from cl_assets.core.curation import (
+    NothingToCurateError,
     ReplaySourceError,
     SnapshotExistsError,
     curate_frame,
@@ -26,6 +27,7 @@ from cl_assets.core.ingest import Ingestor
 from cl_assets.core.identity import hash_user_id
 from cl_assets.core.snapshot import file_sha256, new_snapshot_id, snapshot_path, validate_snapshot
 from cl_assets.core.store import Store
+from cl_assets.core.store.frames import load_messages
 from cl_assets.settings import Settings
 from tests.conftest import REPO
 
@@ -98,7 +100,8 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def pairs(lines: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    return [(line["messages"][0]["content"], line["messages"][1]["content"]) for line in lines]
+    """(last question, answer) of each line."""
+    return [(line["messages"][-2]["content"], line["messages"][-1]["content"]) for line in lines]
 
 
 def designed_rows() -> list[dict[str, Any]]:
@@ -155,6 +158,8 @@ EXPECTED_COUNTS = {
     "per_user_cap": 13,
     "replay_added": 0,
     "final": 13,
+    "with_context": 0,
+    "context_trimmed": 0,
 }
 
 
@@ -204,9 +209,15 @@ def test_since_loads_only_newer_rows(settings: Settings, store: Store) -> None:
     assert newer[curation.CREATED].min() == T0 + timedelta(minutes=4)
 
 
-def test_empty_store_gives_an_empty_snapshot(settings: Settings, store: Store) -> None:
-    result = curate_snapshot(settings, store, snapshot_id="20261101_000000")
-    assert result.n_rows == 0 and result.counts["loaded"] == 0 and result.path.read_text() == ""
+def test_nothing_qualifying_writes_and_registers_no_snapshot(settings: Settings, store: Store) -> None:
+    with pytest.raises(NothingToCurateError, match="nothing qualifies") as empty:
+        curate_snapshot(settings, store, snapshot_id="20261101_000000")
+    assert empty.value.counts["loaded"] == 0
+    ingest(settings, store, [turn(0, helpful=False), turn(1, helpful=False)])
+    with pytest.raises(NothingToCurateError, match="not_unhelpful 0") as rated_down:
+        curate_snapshot(settings, store, snapshot_id="20261101_000001")
+    assert rated_down.value.counts["loaded"] == 2
+    assert store.list_snapshots() == [] and not list(settings.curated_dir.glob("*"))
 
 
 def test_failed_write_leaves_no_file_and_no_snapshot(settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -376,11 +387,12 @@ def test_demo_data_curates_to_a_sensible_snapshot(settings: Settings, store: Sto
     settings = settings.model_copy(update={"max_rows_per_user": 10})
     Ingestor(settings, store).import_jsonl(DEMO)
 
-    rows, counts = curate_frame(load_interactions(store), settings)
+    rows, counts = curate_frame(load_interactions(store), settings, messages=load_messages(store))
     stored = list(store.iter_interactions())
     with_pii = sum(1 for r in stored if r.pii_types)
     unhelpful_clean = sum(1 for r in stored if not r.pii_types and r.helpful is False)
-    assert counts["loaded"] == len(stored) == 321
+    assert counts["loaded"] == len(stored) == 340  # 321 single turns, 19 turns of multi-turn sessions
+    assert counts["with_context"] > 0 and sum(1 for r in stored if r.context_id) == 19
     assert counts["loaded"] - counts["no_pii"] == with_pii >= 25  # the demo's PII turns are gone
     assert counts["no_pii"] - counts["not_unhelpful"] == unhelpful_clean > 0  # and its 👎 turns
     assert counts["near_dedup"] < counts["exact_dedup"] < counts["no_control_tokens"]
@@ -393,8 +405,100 @@ def test_demo_data_curates_to_a_sensible_snapshot(settings: Settings, store: Sto
     kept = pairs(read_lines(result.path))
     assert not any(re.search(r"\[[A-Z_]+\]", p + r) for p, r in kept)  # no PII placeholder survives
     demo = pl.read_ndjson(DEMO, infer_schema_length=None)
+    demo = demo.filter(pl.col("prompt").is_not_null())  # the single-turn lines
     unhelpful = set(demo.filter(pl.col("helpful").eq(False)).select("prompt", "response").iter_rows())
     wanted = set(demo.filter(pl.col("helpful").ne(False) | pl.col("helpful").is_null()).select("prompt", "response").iter_rows())
     assert not (set(kept) & (unhelpful - wanted))
     canonical = {json.loads(line)["prompt"] for line in QA_EVAL.read_text().splitlines()}
     assert len(canonical) == 24 and canonical <= {p for p, _ in kept}
+    follow_up = next(line for line in read_lines(result.path) if line["messages"][-2]["content"] == "And for Canada?")
+    assert follow_up["messages"][1]["content"] == "What is the free shipping threshold?"  # asked with its context
+
+
+SYSTEM = "You are the support assistant of Harbor & Pine Provisions. Answer briefly and precisely."
+
+
+def conversation(*turns: tuple[str, str], system: str = SYSTEM, **extra: Any) -> dict[str, Any]:
+    """An interaction whose context is the earlier turns; the last pair is prompt and answer."""
+    context = [{"role": "system", "content": system}]
+    for prompt, answer in turns[:-1]:
+        context += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return {"context": context, "prompt": turns[-1][0], "response": turns[-1][1], **extra}
+
+
+SHIPPING = ("What is the free shipping threshold?", "Orders over $50 ship free within the US.")
+CANADA = ("And for Canada?", "Canadian orders ship free over $80.")
+QUEBEC = ("Does that include Quebec?", "Yes, Quebec is included like every province.")
+
+
+def test_a_rated_conversation_is_one_line_with_its_context_in_order(any_db_settings: Settings, any_store: Store) -> None:
+    settings, store = any_db_settings, any_store  # the ADBC reader (SQLite file) and SQLAlchemy's (PostgreSQL)
+    ingest(settings, store, [
+        conversation(SHIPPING, user_id="ann"),                               # unrated first turn
+        conversation(SHIPPING, CANADA, user_id="ann", helpful=False),        # 👎: not a line, not trained later
+        conversation(SHIPPING, CANADA, QUEBEC, user_id="ann", helpful=True),
+    ])  # fmt: skip
+    result = curate_snapshot(settings, store, snapshot_id="20261101_000000")
+    lines = read_lines(result.path)
+    assert result.counts["with_context"] == 2 and result.n_rows == 2
+    first, last = lines
+    assert first == {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": SHIPPING[0]},
+                                  {"role": "assistant", "content": SHIPPING[1]}]}  # fmt: skip
+    # The earlier answers are not trained here: the first is a line of its own, the second got 👎.
+    assert last == {"messages": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": SHIPPING[0]}, {"role": "assistant", "content": SHIPPING[1], "weight": 0},
+        {"role": "user", "content": CANADA[0]}, {"role": "assistant", "content": CANADA[1], "weight": 0},
+        {"role": "user", "content": QUEBEC[0]}, {"role": "assistant", "content": QUEBEC[1]},
+    ]}  # fmt: skip
+    assert validate_snapshot(result.path) == []
+
+
+def test_conversations_are_judged_whole(settings: Settings, store: Store) -> None:
+    """The same follow-up after different earlier turns is two conversations; PII or a control
+    token anywhere in the context drops the conversation; an earlier unrated answer is trained."""
+    us = ("Where do you ship from?", "We ship from our Tacoma warehouse.")
+    ingest(settings, store, [
+        conversation(SHIPPING, CANADA, user_id="a"),
+        conversation(us, CANADA, user_id="b"),                                # same last turn, other context
+        conversation(SHIPPING, CANADA, user_id="c"),                          # same conversation as "a"'s
+        conversation(("My mail is jo@example.com, what is the threshold?", SHIPPING[1]), CANADA, user_id="d"),
+        conversation(("Say <|im_start|>", "I cannot."), CANADA, user_id="e"),
+    ])  # fmt: skip
+    result = curate_snapshot(settings, store, snapshot_id="20261101_000000")
+    lines = read_lines(result.path)
+    assert result.counts["no_pii"] == 4 and result.counts["no_control_tokens"] == 3 and result.counts["exact_dedup"] == 2
+    firsts = sorted(line["messages"][1]["content"] for line in lines)
+    assert firsts == sorted([SHIPPING[0], us[0]])
+    assert all("weight" not in m for line in lines for m in line["messages"])  # unrated earlier answers count
+
+
+def test_long_conversations_are_trimmed_from_the_front_by_whole_exchanges(settings: Settings, store: Store) -> None:
+    settings = settings.model_copy(update={"train_max_length": 60})  # 180 characters at 3 a token
+    turns = [(f"Question number {i} about the order?", f"Answer number {i} about it.") for i in range(6)]
+    ingest(settings, store, [conversation(*turns, system="Be brief.", user_id="z", helpful=True)])
+    result = curate_snapshot(settings, store, snapshot_id="20261101_000000")
+    [line] = read_lines(result.path)
+    messages = line["messages"]
+    assert result.counts["context_trimmed"] == 1
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * (len(messages[1:]) // 2)
+    kept = [m["content"] for m in messages[1:]]
+    assert kept[-2:] == list(turns[-1]) and kept == [text for pair in turns[-len(kept) // 2 :] for text in pair]
+    assert sum(len(m["content"]) for m in messages) <= 180 and len(kept) < 12
+
+
+def test_a_replayed_conversation_keeps_its_whole_line(settings: Settings, store: Store) -> None:
+    line = conversation(SHIPPING, CANADA, QUEBEC, user_id="old", helpful=True)
+    line["context"][2]["weight"] = 0  # imported as context only
+    ingest(settings, store, [line])
+    first = curate_snapshot(settings, store, snapshot_id="20261101_000000")
+    [original] = read_lines(first.path)
+    assert original["messages"][2] == {"role": "assistant", "content": SHIPPING[1], "weight": 0}
+    since = T0 + timedelta(hours=1)
+    ingest(settings, store, [turn(i, user_id="new", timestamp=since + timedelta(minutes=i)) for i in range(4)])
+    replaying = settings.model_copy(update={"replay_fraction": 0.5})
+    second = curate_snapshot(replaying, store, snapshot_id="20261101_010000", since=since)
+    assert second.counts["replay_added"] == 1
+    assert read_lines(second.path)[-1] == original  # system prompt, every turn, the weights: as written
+    assert validate_snapshot(second.path) == []

@@ -188,11 +188,11 @@ def test_one_pass_parse_agrees_with_the_step_by_step_one(settings: Settings, lin
 
     def slowly():  # type: ignore[no-untyped-def]
         item = _validate_slowly(line)
-        return None if item is None else ingestor.to_row(item)
+        return None if item is None else ingestor.to_records(item)
 
     fast, slow = outcome(lambda: ingestor._parse_line(line)), outcome(slowly)
     if fast[0] == "ok" and fast[1] is not None:  # `ingested_at`-free rows; created_at may be "now"
-        assert slow[0] == "ok" and {**fast[1], "created_at": None} == {**slow[1], "created_at": None}
+        assert slow[0] == "ok" and {**fast[1][0], "created_at": None} == {**slow[1][0], "created_at": None}
     else:
         assert fast == slow
 
@@ -202,7 +202,8 @@ def _raw_pii_values(path: Path) -> set[str]:
     values: set[str] = set()
     for line in path.read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        for text in (row["prompt"], row["response"]):
+        texts = [m["content"] for m in row["messages"]] if "messages" in row else [row["prompt"], row["response"]]
+        for text in texts:
             values.update(text[f.start : f.end] for f in find_pii(text))
             values.update(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", text))
         if row.get("user_id"):
@@ -230,3 +231,94 @@ def test_demo_ingest_twice_same_count_and_no_raw_pii_on_disk(tmp_path: Path) -> 
                 blob = file.read_bytes()
                 leaks += [(file.name, s) for s in secrets if s.encode() in blob]
     assert leaks == []
+
+
+SYSTEM = "You are the support assistant of a bakery supply shop."
+THREE_TURNS = {
+    "messages": [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Hi, I'm jane.doe@example.com. What is the free shipping threshold?"},
+        {"role": "assistant", "content": "Orders over $50 ship free.", "weight": 0},
+        {"role": "user", "content": "And for Canada?"},
+        {"role": "assistant", "content": "Canadian orders ship free over $80."},
+        {"role": "user", "content": "Does that include Quebec?"},
+        {"role": "assistant", "content": "Yes, every province is included."},
+    ],
+    "helpful": True,
+    "user_id": "jane",
+    "timestamp": "2026-11-02T10:00:00Z",
+}
+
+
+def test_conversation_lines_are_stored_as_a_sanitized_tree(settings: Settings, tmp_path: Path) -> None:
+    sharegpt = {
+        "conversations": [
+            {"from": "human", "value": "What is the free shipping threshold?"},
+            {"from": "gpt", "value": "Orders over $50 ship free."},
+            {"from": "human", "value": "And for Canada?"},
+            {"from": "gpt", "value": "Over $80 for Canada."},
+        ],
+        "helpful": False,
+        "user_id": "sam",
+    }
+    follow_up = {**THREE_TURNS, "messages": THREE_TURNS["messages"][:5], "helpful": None}  # a prefix of the first
+    path = _write_jsonl(tmp_path / "conv.jsonl", [THREE_TURNS, sharegpt, follow_up, {"prompt": "Flat?", "response": "Yes."}])
+    ingestor = Ingestor(settings)
+    report = ingestor.import_jsonl(path)
+    assert (report.accepted, report.quarantined) == (4, 0)
+    assert report.pii_counts == {"EMAIL": 2}  # both rows whose context holds the address
+
+    store = ingestor.store
+    rows = {r.response: r for r in store.iter_interactions()}
+    last = rows["Yes, every province is included."]
+    assert last.helpful is True and last.response == "Yes, every province is included." and last.pii_types == ["EMAIL"]
+    conversation = store.conversation(last.id)
+    assert [m["role"] for m in conversation] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert conversation[1]["content"] == "Hi, I'm [EMAIL]. What is the free shipping threshold?"
+    assert conversation[2] == {"role": "assistant", "content": "Orders over $50 ship free.", "weight": 0}
+    assert [m["content"] for m in store.conversation(rows["Canadian orders ship free over $80."].id)] == [
+        m["content"] for m in THREE_TURNS["messages"][:1]
+    ] + ["Hi, I'm [EMAIL]. What is the free shipping threshold?"] + [m["content"] for m in THREE_TURNS["messages"][2:5]]
+    # Jane's two rows share their first four messages; Sam's conversation is his own tree.
+    assert store.count_messages() == 6 + 3
+    assert store.conversation(rows["Yes."].id) == [{"role": "user", "content": "Flat?"}, {"role": "assistant", "content": "Yes."}]
+
+    again = ingestor.import_jsonl(path)
+    assert again.accepted == 0 and again.duplicates == 4 and store.count_messages() == 9
+
+    ingestor.export_sanitized()
+    exported = [json.loads(x) for x in settings.raw_export_path.read_text().splitlines()]
+    quebec = next(e for e in exported if e["prompt"] == "Does that include Quebec?")
+    assert quebec["messages"] == conversation
+    assert "jane.doe@example.com" not in settings.raw_export_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ({"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}, "no user message"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q2"},
+                       {"role": "assistant", "content": "a"}]}, "where 'assistant' was expected"),  # fmt: skip
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                       {"role": "system", "content": "late"}]}, "where 'user' was expected"),  # fmt: skip
+        ({"messages": [{"role": "user", "content": "q"}]}, "last message must be the assistant"),
+        ({"messages": [{"role": "user", "content": "<|im_start|>system"}, {"role": "assistant", "content": "a"}]},
+         "control token"),  # fmt: skip
+        ({"messages": [{"role": "user", "content": "q" * 9_000}, {"role": "assistant", "content": "a"}]}, "over the limit"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 101}, "over the limit of 200"),
+        ({"messages": [{"role": "tool", "content": "{}"}, {"role": "user", "content": "q"}]}, "role 'tool'"),
+        ({"messages": [{"role": "user", "content": "q", "weight": 1}, {"role": "assistant", "content": "a"}]}, "weight"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]}, "weight 0"),
+        ({"conversations": [{"from": "human", "value": "q"}, {"from": "bot", "value": "a"}]}, "'from' 'bot'"),
+        ({"messages": "not a list"}, "non-empty list"),
+    ],
+)
+def test_malformed_conversations_are_quarantined_with_their_reason(
+    settings: Settings, tmp_path: Path, line: dict, reason: str
+) -> None:
+    good = {"messages": [{"role": "user", "content": "Fine question"}, {"role": "assistant", "content": "Fine answer"}]}
+    path = _write_jsonl(tmp_path / "bad.jsonl", [good, line])
+    report = Ingestor(settings).import_jsonl(path)
+    assert (report.accepted, report.quarantined) == (1, 1)
+    [entry] = [json.loads(x) for x in report.quarantine_path.read_text().splitlines()]
+    assert entry["line"] == 2 and reason in entry["reason"] and "Fine" not in entry["reason"]

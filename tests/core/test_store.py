@@ -104,7 +104,7 @@ def test_meta_set_once_keeps_the_first_value(store: Store) -> None:
 def test_delete_user_removes_rows_and_feedback(store: Store) -> None:
     store.insert_interactions([_row(1, user_hash="u1", helpful=True), _row(2, user_hash="u2")])
     assert store.add_feedback(_row(1, user_hash="u1")["id"], False) > 0
-    assert store.delete_user("u1") == (1, 2)  # the row's rating and the later one, in one transaction
+    assert store.delete_user("u1") == (1, 2, 0)  # the row's rating and the later one, in one transaction
     assert store.count_interactions() == 1
     assert store.feedback_since(0)[0] == 0
 
@@ -203,3 +203,92 @@ def test_a_batch_is_all_or_nothing_in_a_few_statements(store: Store) -> None:
     with pytest.raises(Exception, match="(?i)null"):
         store.insert_interactions(bad)
     assert store.count_interactions() == 2_500 and store.get_interaction("t-5000") is None
+
+
+def _chain(user_hash: str | None, *turns: tuple[str, str]) -> list[dict]:
+    """Messages of a context, parents first, as the ingestor builds them."""
+    from cl_assets.core.conversation import message_id
+
+    messages, parent = [], None
+    for role, content in turns:
+        mid = message_id(parent, user_hash, role, content)
+        messages.append({"id": mid, "parent_id": parent, "role": role, "content": content,
+                         "pii_types": [], "user_hash": user_hash, "weight": None})  # fmt: skip
+        parent = mid
+    return messages
+
+
+def test_contexts_are_a_tree_each_message_stored_once(store: Store) -> None:
+    system = ("system", "You are the shop's assistant.")
+    first = _chain("u1", system, ("user", "What is the free shipping threshold?"))
+    second = _chain("u1", system, ("user", "What is the free shipping threshold?"),
+                    ("assistant", "Orders over $50 ship free."), ("user", "And for Canada?"))  # fmt: skip
+    retry = _chain("u1", system, ("user", "What is the free shipping threshold?"),
+                   ("assistant", "Shipping is free above $50."), ("user", "And for Canada?"))  # fmt: skip
+    store.insert_interactions([_row(1, user_hash="u1", prompt="What is the free shipping threshold?",
+                                    response="Orders over $50 ship free.", context_id=first[-1]["id"])], first)  # fmt: skip
+    store.insert_interactions([_row(2, user_hash="u1", prompt="And for Canada?", response="Canada: over $80.",
+                                    context_id=second[-1]["id"]),
+                               _row(3, user_hash="u1", prompt="And for Canada?", response="C$100 for Canada.",
+                                    context_id=retry[-1]["id"])], second + retry)  # fmt: skip
+    # system + question shared by all three; two answers branch; each branch's follow-up: 6, not 2 + 4 + 4.
+    assert store.count_messages() == 6
+    assert store.conversation("t-2") == [
+        {"role": "system", "content": "You are the shop's assistant."},
+        {"role": "user", "content": "What is the free shipping threshold?"},
+        {"role": "assistant", "content": "Orders over $50 ship free."},
+        {"role": "user", "content": "And for Canada?"},
+        {"role": "assistant", "content": "Canada: over $80."},
+    ]
+    assert [m["content"] for m in store.conversation("t-3")][2] == "Shipping is free above $50."
+    # A row without context reads as a single-turn conversation.
+    store.insert_interactions([_row(4)])
+    assert store.conversation("t-4") == [{"role": "user", "content": "question 4"}, {"role": "assistant", "content": "answer 4"}]
+
+
+def test_erasing_a_user_removes_their_messages_only(store: Store) -> None:
+    turns = (("system", "Be brief."), ("user", "Hi, what are your hours?"))
+    mine, theirs = _chain("u1", *turns), _chain("u2", *turns)
+    assert mine[0]["id"] != theirs[0]["id"]  # the same text, kept apart per user
+    store.insert_interactions([_row(1, user_hash="u1", context_id=mine[-1]["id"]),
+                               _row(2, user_hash="u2", context_id=theirs[-1]["id"])], mine + theirs)  # fmt: skip
+    assert store.delete_user("u1") == (1, 0, 2)
+    assert store.count_messages() == 2
+    assert [m["role"] for m in store.conversation("t-2")] == ["system", "user", "assistant"]
+
+
+def test_upgrade_from_0001_keeps_rows_readable(any_db_settings: Settings) -> None:
+    """A store created before conversations existed: its rows survive the upgrade and read
+    as single-turn conversations; new turns with context can be added next to them."""
+    from alembic import command
+
+    from cl_assets.core.store.engine import _alembic_config, make_engine
+
+    engine = make_engine(any_db_settings.db_url)
+    cfg = _alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.execute(text(
+            "insert into interactions (id, created_at, ingested_at, prompt, response, pii_types, source, regenerated, helpful)"
+            " values ('old-1', '2026-11-01 10:00:00', '2026-11-01 10:00:00', 'Old question?', 'Old answer.', '[]', 'chat',"
+            " false, true)"
+        ))  # fmt: skip
+    assert current_revision(engine) == "0001"
+    engine.dispose()
+
+    store = Store(any_db_settings.db_url)
+    try:
+        assert current_revision(store.engine) == head_revision()
+        old = store.get_interaction("old-1")
+        assert old is not None and old.prompt == "Old question?" and old.helpful is True and old.context_id is None
+        assert store.conversation("old-1") == [
+            {"role": "user", "content": "Old question?"},
+            {"role": "assistant", "content": "Old answer."},
+        ]
+        chain = _chain(None, ("user", "New question?"))
+        store.insert_interactions([_row(9, context_id=chain[-1]["id"])], chain)
+        assert store.count_interactions() == 2 and store.count_messages() == 1
+    finally:
+        store.close()

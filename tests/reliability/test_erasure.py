@@ -141,6 +141,28 @@ def test_forget_user_erases_taints_and_the_next_snapshot_is_clean(world: tuple[S
     assert again.interactions == 0 and again.tainted_snapshots == [] and again.tainted_adapters == []
 
 
+def test_forget_user_removes_their_conversation_messages_only(tmp_path: Path) -> None:
+    """A user's stored contexts go with them (file exports too); another user who had the very
+    same conversation keeps all of theirs."""
+    settings = make_settings(tmp_path, user_hash_salt=SALT)
+    store = Store.from_settings(settings)
+    ingestor = Ingestor(settings, store)
+    context = [{"role": "system", "content": "Be brief."},
+               {"role": "user", "content": "Where is my wombat order?"},
+               {"role": "assistant", "content": "It ships Tuesday."}]  # fmt: skip
+    for user in ("alice", "bob"):
+        ingestor.ingest_interaction(user_id=user, context=context, prompt="And the other one?", response="Friday.")
+    assert store.count_messages() == 8
+    result = forget_user(settings, "alice", store)
+    assert (result.interactions, result.messages) == (1, 4)
+    assert store.count_messages() == 4
+    [bob] = list(store.iter_interactions())
+    assert [m["content"] for m in store.conversation(bob.id)][1] == "Where is my wombat order?"
+    export = settings.raw_export_path.read_text()
+    assert export.count("wombat") == 1  # bob's line only
+    store.close()
+
+
 def test_cli_forget_user_warns_about_the_serving_adapter_and_its_rollback_works(
     world: tuple[Settings, Store, Ingestor], monkeypatch: pytest.MonkeyPatch
 ) -> None:

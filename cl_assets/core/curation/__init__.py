@@ -11,9 +11,11 @@ Ranking, used wherever one copy of several is kept: rated helpful first, then un
 in KTO mode, rated unhelpful), newest first, then by id. Rows keep their loaded order; each
 carries its place in the ranking (RANK), so no step has to reorder the text columns.
 
-Modules, in the order the data flows: `columns` (names), `text` (normalisation), `dedup`
-(MinHash/LSH), `filters` (the steps and `curate_frame`), `replay` (earlier snapshots mixed
-in), `writing` (the snapshot file and its registry row). Loading is the store's
+Modules, in the order the data flows: `columns` (names), `text` (normalisation), `context`
+(each row's conversation walked from the stored message tree), `dedup` (MinHash/LSH),
+`filters` (the steps; `curate_frame`, and `curate_rows`, which leaves the lines' contexts to be
+encoded as they are written), `replay` (earlier snapshots mixed in), `writing` (the snapshot
+file and its registry row). Loading is the store's
 (`store.frames`), the snapshot format `core.snapshot`'s.
 """
 
@@ -59,6 +61,7 @@ from cl_assets.core.curation.filters import (
 from cl_assets.core.curation.replay import ReplaySourceError, replay_pool
 from cl_assets.core.curation.text import normalise, text_key
 from cl_assets.core.curation.writing import (
+    NothingToCurateError,
     SnapshotExistsError,
     SnapshotResult,
     chatml_lines,
@@ -83,6 +86,7 @@ __all__ = [
     "RESPONSE",
     "SIGNATURE",
     "USER",
+    "NothingToCurateError",
     "ReplaySourceError",
     "SnapshotExistsError",
     "SnapshotResult",

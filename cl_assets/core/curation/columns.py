@@ -1,6 +1,7 @@
 """Column names of curation's frames, defined once (the loaded ones are the store's)."""
 
 from cl_assets.core.store.frames import (
+    CONTEXT,
     CREATED,
     HELPFUL,
     ID,
@@ -20,6 +21,6 @@ WORDS = "_words"
 REPLAY_FROM = "_replay_from"  # snapshot id a replayed row came from (null: a new row)
 
 __all__ = [
-    "CREATED", "HELPFUL", "ID", "KEY", "LABEL", "NORM_PROMPT", "NORM_RESPONSE", "PII", "PROMPT", "RANK",
+    "CONTEXT", "CREATED", "HELPFUL", "ID", "KEY", "LABEL", "NORM_PROMPT", "NORM_RESPONSE", "PII", "PROMPT", "RANK",
     "REGENERATED", "REPLAY_FROM", "RESPONSE", "SIGNATURE", "USER", "WORDS",
 ]  # fmt: skip

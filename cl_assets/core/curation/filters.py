@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from cl_assets.core.curation.columns import (
+    CONTEXT,
     CREATED,
     HELPFUL,
     ID,
@@ -21,6 +22,17 @@ from cl_assets.core.curation.columns import (
     RESPONSE,
     SIGNATURE,
     USER,
+)
+from cl_assets.core.curation.context import (
+    BODY,
+    CHARS_PER_TOKEN,
+    CTX_CONTROL,
+    CTX_KEY,
+    ROW,
+    BodyWriter,
+    body_writer,
+    context_columns,
+    walk_contexts,
 )
 from cl_assets.core.curation.dedup import (
     NUM_PERM,
@@ -99,7 +111,11 @@ def keep_length(min_chars: int, max_chars: int) -> Callable[[pl.LazyFrame], pl.L
 
 
 def drop_control_tokens(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return lf.filter(~(pl.col(PROMPT).str.contains(CONTROL_TOKEN) | pl.col(RESPONSE).str.contains(CONTROL_TOKEN)))
+    """Drop conversations with a control token in the prompt, the answer or the kept context."""
+    found = pl.col(PROMPT).str.contains(CONTROL_TOKEN) | pl.col(RESPONSE).str.contains(CONTROL_TOKEN)
+    if CTX_CONTROL in lf.collect_schema().names():
+        found = found | pl.col(CTX_CONTROL).fill_null(False)
+    return lf.filter(~found)
 
 
 def drop_exact_duplicates(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -113,6 +129,17 @@ def drop_exact_duplicates(lf: pl.LazyFrame) -> pl.LazyFrame:
     df = lf.collect()
     keys, signatures = fingerprints(df[PROMPT], df[RESPONSE])
     keyed = df.with_columns(keys)
+    if CTX_KEY in df.columns:
+        # Whole conversations: the same last exchange after another context is another
+        # conversation. The context's key joins the exact key, and is folded into every
+        # MinHash value (equal contexts keep equal values), so near-duplicates are judged
+        # on the last exchange among conversations with the same earlier turns.
+        context = pl.col(CTX_KEY)
+        keyed = keyed.with_columns(
+            pl.when(context.is_null()).then(pl.col(KEY)).otherwise(pl.struct(KEY, context).hash(seed=0)).alias(KEY)
+        )
+        salt = (df[CTX_KEY].fill_null(0).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        signatures ^= salt[:, None]
     best = keyed.select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series()
     kept = _keep_rows(signatures, np.flatnonzero(best.to_numpy()))
     return keyed.filter(best).with_columns(pl.Series(SIGNATURE, kept)).lazy()
@@ -181,15 +208,55 @@ def curation_steps(settings: Settings, replay_pool: pl.LazyFrame | None = None) 
 
 
 def curate_frame(
-    interactions: pl.LazyFrame, settings: Settings, replay_pool: pl.LazyFrame | None = None
+    interactions: pl.LazyFrame,
+    settings: Settings,
+    replay_pool: pl.LazyFrame | None = None,
+    messages: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Run every step; returns the curated rows (output order) and the count after each step."""
-    current = interactions.pipe(rank).collect()
+    """Run every step; returns the curated rows (output order) and the count after each step.
+
+    `messages`: the stored conversation tree (`store.frames.load_messages`); each row's
+    context is walked from its `context_id` and judged with it (see `curation.context`).
+    The rows carry BODY, the JSON of the messages before the answer (null: just the prompt).
+    """
+    rows, counts, write_bodies = curate_rows(interactions, settings, replay_pool, messages)
+    return with_bodies(rows, write_bodies).drop(ROW), counts
+
+
+def with_bodies(rows: pl.DataFrame, write_bodies: BodyWriter | None) -> pl.DataFrame:
+    """`rows` (from `curate_rows`) with the BODY of their new rows filled in."""
+    if write_bodies is None:
+        return rows
+    written = write_bodies(rows[ROW]).rename({BODY: "_new_body"})
+    joined = rows.join(written, on=ROW, how="left", maintain_order="left")
+    return joined.with_columns(pl.coalesce(BODY, "_new_body").alias(BODY)).drop("_new_body")
+
+
+def curate_rows(
+    interactions: pl.LazyFrame,
+    settings: Settings,
+    replay_pool: pl.LazyFrame | None = None,
+    messages: pl.DataFrame | None = None,
+) -> tuple[pl.DataFrame, dict[str, int], BodyWriter | None]:
+    """`curate_frame`, with the new rows' BODY left for the writer to encode a slice at a
+    time (`with_bodies`): the encoded contexts of every line at once would be the biggest
+    thing in memory. The rows carry ROW (null for replayed rows, whose BODY is there)."""
+    current = interactions.collect().with_row_index(ROW)
+    contexts = walk_contexts(current, messages, max_depth=settings.max_conversation_messages,
+                             budget_chars=settings.train_max_length * CHARS_PER_TOKEN)  # fmt: skip
+    current = current.hstack(context_columns(contexts, current.height).drop(ROW).get_columns())
+    loaded = current.select(ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED) if CONTEXT in current.columns else None
+    current = current.lazy().pipe(rank).collect()
     after = {"loaded": current.height}
     for name, step in curation_steps(settings, replay_pool):
         current = current.lazy().pipe(step).collect()
         after[name] = current.height
-    columns = [PROMPT, RESPONSE, USER, REPLAY_FROM] + ([LABEL] if settings.train_mode == "kto" else [])
+    if BODY not in current.columns:
+        current = current.with_columns(pl.lit(None, pl.String).alias(BODY))
+    write_bodies = None
+    if loaded is not None and not contexts.chains.is_empty():
+        write_bodies = body_writer(contexts, loaded, current.filter(pl.col(REPLAY_FROM).is_null())[ROW])
+    columns = [PROMPT, RESPONSE, BODY, USER, REPLAY_FROM, ROW] + ([LABEL] if settings.train_mode == "kto" else [])
     rows = current.select(columns)
     order = current.select(
         pl.arg_sort_by([pl.col(REPLAY_FROM).is_not_null(), CREATED, ID], nulls_last=True, maintain_order=True)
@@ -199,7 +266,10 @@ def curate_frame(
     counts = {key: after[key] for key in COUNT_KEYS[:-2]}
     counts["replay_added"] = after["replay"] - after["per_user_cap"]
     counts["final"] = after["replay"]
+    with_chain = rows[ROW].is_in(contexts.chains[ROW].unique()) if not contexts.chains.is_empty() else None
+    counts["with_context"] = int(rows[BODY].is_not_null().sum()) + (int(with_chain.sum()) if with_chain is not None else 0)
+    counts["context_trimmed"] = contexts.trimmed
     if settings.train_mode == "kto":
         counts["label_true"] = int(rows[LABEL].sum())
         counts["label_false"] = rows.height - counts["label_true"]
-    return rows, counts
+    return rows, counts, write_bodies

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import polars as pl
 
 from cl_assets.core.curation.columns import LABEL, PROMPT, REPLAY_FROM, RESPONSE, USER
-from cl_assets.core.curation.filters import curate_frame
+from cl_assets.core.curation.context import BODY
+from cl_assets.core.curation.filters import curate_rows, with_bodies
 from cl_assets.core.curation.replay import replay_pool
 from cl_assets.core.events import record_event
 from cl_assets.core.files import atomic_write_lines
@@ -21,14 +23,24 @@ from cl_assets.core.snapshot import (
     snapshot_path,
 )
 from cl_assets.core.store import Store
-from cl_assets.core.store.frames import load_interactions
+from cl_assets.core.store.frames import load_interactions, load_messages
 from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
+_LINES_CHUNK = 50_000
 
 
 class SnapshotExistsError(FileExistsError):
     """A snapshot id is taken already (in the store or on disk); snapshots are immutable."""
+
+
+class NothingToCurateError(ValueError):
+    """No interaction passed curation: there is no snapshot to write (the counts say why)."""
+
+    def __init__(self, counts: dict[str, int]) -> None:
+        self.counts = counts
+        steps = ", ".join(f"{key} {value}" for key, value in counts.items())
+        super().__init__(f"nothing qualifies for a snapshot, so none was written (rows after each step: {steps})")
 
 
 @dataclass(frozen=True)
@@ -47,13 +59,17 @@ def chatml_lines(rows: pl.DataFrame, train_mode: str) -> pl.Series:
     """One JSON conversation per row, encoded by Polars (no per-row Python).
 
     Each message is a JSON object encoded by `json_encode`; only the fixed frame around them
-    is literal text.
+    is literal text. A row's BODY (its context up to the prompt, already encoded) comes before
+    the answer; a row without one is its prompt and answer.
     """
 
     def message(role: str, column: str) -> pl.Expr:
         return pl.struct(pl.lit(role).alias("role"), pl.col(column).alias("content")).struct.json_encode()
 
-    parts = [pl.lit('{"messages":['), message("user", PROMPT), pl.lit(","), message("assistant", RESPONSE), pl.lit("]")]
+    before = message("user", PROMPT)
+    if BODY in rows.columns:
+        before = pl.coalesce(pl.col(BODY), before)
+    parts = [pl.lit('{"messages":['), before, pl.lit(","), message("assistant", RESPONSE), pl.lit("]")]
     if train_mode == "kto":
         parts.append(pl.when(pl.col(LABEL)).then(pl.lit(',"label":true')).otherwise(pl.lit(',"label":false')))
     parts.append(pl.lit("}"))
@@ -70,9 +86,10 @@ def curate_snapshot(
 ) -> SnapshotResult:
     """Curate the store into `curated_<id>.jsonl`, register it and record a `snapshot` event.
 
-    Refuses an id that the store or the curated folder holds already. The feedback watermark
-    is read before the interactions, so feedback arriving meanwhile counts towards the next
-    snapshot rather than being lost between two.
+    Refuses an id that the store or the curated folder holds already, and raises
+    `NothingToCurateError` (writing and registering nothing) when no row qualifies. The
+    feedback watermark is read before the interactions, so feedback arriving meanwhile counts
+    towards the next snapshot rather than being lost between two.
     """
     snapshot_id = check_snapshot_id(snapshot_id or new_snapshot_id())
     path = snapshot_path(settings, snapshot_id)
@@ -81,10 +98,15 @@ def curate_snapshot(
 
     watermark = store.feedback_since(0)[1]
     pool, pool_users = replay_pool(store, snapshot_id, settings.train_mode) if settings.replay_fraction > 0 else (None, {})
-    rows, counts = curate_frame(load_interactions(store, since), settings, pool)
+    rows, counts, write_bodies = curate_rows(load_interactions(store, since), settings, pool, load_messages(store))
+    if rows.is_empty():
+        raise NothingToCurateError(counts)
 
-    lines = chatml_lines(rows, settings.train_mode)
-    atomic_write_lines(path, lines)
+    def lines() -> Iterator[str]:  # in slices: one slice's contexts and lines alive at a time
+        for start in range(0, rows.height, _LINES_CHUNK):
+            yield from chatml_lines(with_bodies(rows.slice(start, _LINES_CHUNK), write_bodies), settings.train_mode)
+
+    atomic_write_lines(path, lines())
     try:
         sha256 = file_sha256(path)
         user_hashes = set(rows[USER].drop_nulls().unique().to_list())

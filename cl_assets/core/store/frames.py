@@ -23,7 +23,7 @@ from sqlalchemy import (
     type_coerce,
 )
 
-from cl_assets.core.store.models import Interaction
+from cl_assets.core.store.models import Interaction, Message
 from cl_assets.core.store.store import Store
 
 # -- column names of the interactions frame, defined once ---------------------------------------
@@ -35,7 +35,9 @@ RESPONSE = "response"
 PII = "pii_types"
 HELPFUL = "helpful"
 REGENERATED = "regenerated"
+CONTEXT = "context_id"
 _NO_USER = "_no_user"
+_NO_CONTEXT = "_no_context"
 
 INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
     ID: pl.String(),
@@ -46,6 +48,22 @@ INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
     PII: pl.String(),  # the JSON list as text; decoded by Polars, not row by row in Python
     HELPFUL: pl.Boolean(),
     REGENERATED: pl.Boolean(),
+    CONTEXT: pl.String(),
+}
+
+# -- column names of the messages frame (the conversation tree) ---------------------------------
+MSG_ID = "msg_id"
+MSG_PARENT = "msg_parent"  # the parent's place in the frame (-1: none)
+MSG_ROLE = "msg_role"
+MSG_CONTENT = "msg_content"
+MSG_WEIGHT = "msg_weight"
+
+MESSAGES_SCHEMA: dict[str, pl.DataType] = {
+    MSG_ID: pl.String(),
+    MSG_PARENT: pl.Int64(),
+    MSG_ROLE: pl.String(),
+    MSG_CONTENT: pl.String(),
+    MSG_WEIGHT: pl.Int8(),
 }
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S%.f"  # how SQLAlchemy stores DateTime on SQLite
@@ -89,6 +107,11 @@ def _interactions_query(sqlite: bool, nullable_user: bool) -> Select[Any]:
     else:  # a flag and a never-null text (see `_read_sqlite_file`)
         never_null = func.coalesce(Interaction.user_hash, literal_column("''"))
         users = [Interaction.user_hash.is_(None).label(_NO_USER), never_null.label(USER)]
+    if nullable_user:
+        contexts = [Interaction.context_id.label(CONTEXT)]
+    else:  # as `user_hash`: most rows of an old store have none
+        never_null = func.coalesce(Interaction.context_id, literal_column("''"))
+        contexts = [Interaction.context_id.is_(None).label(_NO_CONTEXT), never_null.label(CONTEXT)]
     return select(
         Interaction.id.label(ID),
         created.label(CREATED),
@@ -98,6 +121,7 @@ def _interactions_query(sqlite: bool, nullable_user: bool) -> Select[Any]:
         cast(Interaction.pii_types, Text).label(PII),
         type_coerce(Interaction.helpful, Integer).label(HELPFUL),
         type_coerce(Interaction.regenerated, Integer).label(REGENERATED),
+        *contexts,
     )
 
 
@@ -122,7 +146,7 @@ def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
                        batch_rows=_SQLITE_BATCH_ROWS)
     # Casts for an empty result, whose columns ADBC types as integers. Collected (and in one
     # chunk) here, so that the Arrow batches go now rather than live on in the plan.
-    text = {name: pl.col(name).cast(pl.String) for name in (ID, CREATED, USER, PROMPT, RESPONSE, PII)}
+    text = {name: pl.col(name).cast(pl.String) for name in (ID, CREATED, USER, PROMPT, RESPONSE, PII, CONTEXT)}
     converted = frame.lazy().select(
         text[ID],
         text[CREATED].str.to_datetime(_SQLITE_TIME, time_zone="UTC"),
@@ -132,8 +156,56 @@ def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
         text[PII],
         pl.col(HELPFUL).cast(pl.Boolean),
         pl.col(REGENERATED).cast(pl.Boolean),
+        pl.when(pl.col(_NO_CONTEXT) == 0).then(text[CONTEXT]).alias(CONTEXT),
     )
     return converted.collect().rechunk().lazy()
+
+
+def load_messages(store: Store, batch_size: int = 100_000) -> pl.DataFrame:
+    """Every stored context message, for curation to walk (columns: MESSAGES_SCHEMA; parents
+    as places in the frame, matched by id here).
+
+    Read like the interactions: ADBC in a child for a SQLite file, SQLAlchemy batches otherwise.
+    """
+    database = store.engine.url.database if store.dialect == "sqlite" else None
+    if database and database != ":memory:" and not database.startswith("file:"):
+        from cl_assets.core.store.arrow_reader import read_query
+        from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
+
+        stmt = select(  # NULLs as ''/-1: ADBC types a column by its first batch
+            Message.id.label(MSG_ID),
+            func.coalesce(Message.parent_id, literal_column("''")).label("_parent_id"),
+            Message.role.label(MSG_ROLE),
+            Message.content.label(MSG_CONTENT),
+            func.coalesce(Message.weight, literal_column("-1")).label(MSG_WEIGHT),
+        )
+        raw = read_query(Path(database), str(stmt.compile(dialect=store.engine.dialect)), None,
+                         busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS, batch_rows=_SQLITE_BATCH_ROWS)  # fmt: skip
+        as_text = {name: pl.col(name).cast(pl.String) for name in (MSG_ID, "_parent_id", MSG_ROLE, MSG_CONTENT)}
+        frame = raw.select(
+            as_text[MSG_ID],
+            pl.when(as_text["_parent_id"] != "").then(as_text["_parent_id"]).alias("_parent_id"),
+            as_text[MSG_ROLE],
+            as_text[MSG_CONTENT],
+            pl.when(pl.col(MSG_WEIGHT) >= 0).then(pl.col(MSG_WEIGHT)).cast(pl.Int8).alias(MSG_WEIGHT),
+        ).rechunk()
+        del raw
+    else:
+        stmt = select(
+            Message.id.label(MSG_ID),
+            Message.parent_id.label("_parent_id"),
+            Message.role.label(MSG_ROLE),
+            Message.content.label(MSG_CONTENT),
+            Message.weight.label(MSG_WEIGHT),
+        )
+        schema = {MSG_ID: pl.String(), "_parent_id": pl.String(), MSG_ROLE: pl.String(), MSG_CONTENT: pl.String(),
+                  MSG_WEIGHT: pl.Int8()}  # fmt: skip
+        with store.engine.connect() as conn:
+            batches = list(pl.read_database(stmt, conn, iter_batches=True, batch_size=batch_size, schema_overrides=schema))
+        frame = pl.concat(batches, rechunk=True) if batches else pl.DataFrame(schema=schema)
+    index = frame.select(pl.col(MSG_ID).alias("_parent_id")).with_row_index("_place")
+    parents = frame.select("_parent_id").join(index, on="_parent_id", how="left", maintain_order="left")["_place"]
+    return frame.select(MSG_ID, parents.cast(pl.Int64).fill_null(-1).alias(MSG_PARENT), MSG_ROLE, MSG_CONTENT, MSG_WEIGHT)
 
 
 # -- monitoring ------------------------------------------------------------------------------

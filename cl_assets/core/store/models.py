@@ -45,11 +45,43 @@ class Interaction(Base):
     helpful: Mapped[bool | None] = mapped_column(Boolean)
     regenerated: Mapped[bool] = mapped_column(Boolean, default=False)
     feedback_at: Mapped[datetime | None] = mapped_column()
+    # The message right before the answer (the user's prompt, at the end of its chain of
+    # parents back to the system prompt); None for a single-turn row without stored context.
+    # No foreign key: adding one would make SQLite copy the whole table in the migration;
+    # the store writes both in one transaction and erasure deletes both.
+    context_id: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         Index("ix_interactions_created_at", "created_at"),
         Index("ix_interactions_user_hash", "user_hash"),
         Index("ix_interactions_adapter_feedback", "adapter_version", "feedback_at"),
+        Index("ix_interactions_context_id", "context_id"),
+    )
+
+
+class Message(Base):
+    """One sanitized message of a conversation, stored once and linked to the one before it.
+
+    The id is a content hash of (parent id, user hash, role, content): a prefix that two turns
+    share is one chain of rows, a retry is a sibling branch, and each user's messages form
+    their own trees, so erasing a user deletes whole trees and never a message another user's
+    context needs.
+    """
+
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))  # system | user | assistant
+    content: Mapped[str] = mapped_column(Text)
+    pii_types: Mapped[list] = mapped_column(default=list)
+    user_hash: Mapped[str | None] = mapped_column(String(64))
+    # OpenAI fine-tuning's per-message weight (0: do not train on it); None: not given.
+    weight: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_messages_parent_id", "parent_id"),
+        Index("ix_messages_user_hash", "user_hash"),
     )
 
 

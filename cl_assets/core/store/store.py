@@ -23,6 +23,7 @@ from cl_assets.core.store.models import (
     FeedbackEvent,
     Interaction,
     LearningEvent,
+    Message,
     Meta,
     Snapshot,
     utcnow,
@@ -35,6 +36,7 @@ FEEDBACK_KINDS = ("explicit", "regenerate")
 class ErasedRows(NamedTuple):
     interactions: int
     feedback_events: int
+    messages: int = 0
 
 _INSERT_CHUNK = 1_000
 
@@ -42,6 +44,8 @@ _INTERACTIONS = Interaction.__table__
 _INTERACTION_COLUMNS = frozenset(_INTERACTIONS.columns.keys())
 _SELECT_IDS = select(_INTERACTIONS.c.id).where(_INTERACTIONS.c.id.in_(bindparam("ids", expanding=True)))
 _INSERT_FEEDBACK = insert(FeedbackEvent.__table__)
+_MESSAGES = Message.__table__
+MESSAGE_COLUMNS = ("id", "parent_id", "role", "content", "pii_types", "user_hash", "weight")
 # Every row gets a value for every column, so one executemany statement covers a batch; a
 # NOT NULL column left out or given None gets its model default, as the ORM would give it.
 _EMPTY_ROW: dict[str, Any] = dict.fromkeys(_INTERACTIONS.columns.keys())
@@ -148,9 +152,15 @@ class Store:
 
     # -- interactions -------------------------------------------------------------------
 
-    def insert_interactions(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+    def insert_interactions(
+        self, rows: Sequence[dict[str, Any]], messages: Sequence[dict[str, Any]] = ()
+    ) -> list[str]:
         """Insert the rows whose id is new, and a feedback event for each one with a rating,
         in one transaction; returns the ids actually inserted (re-imports add none).
+
+        `messages` (each with every key of `MESSAGE_COLUMNS`, parents before children) are the
+        conversation contexts the rows' `context_id` point into; they go first, in the same
+        transaction, and one whose id is stored already is skipped: a shared prefix is stored once.
 
         A handful of statements per 1,000 rows, not one per row: one `IN` query for the ids
         already stored, then one executemany each for the new interactions and their ratings.
@@ -165,6 +175,7 @@ class Store:
         now = utcnow()
         postgres = self.dialect == "postgresql"
         with self.write() as s:
+            self._insert_messages(s, messages, postgres)
             for start in range(0, len(rows), _INSERT_CHUNK):
                 chunk = rows[start : start + _INSERT_CHUNK]
                 seen = set(s.scalars(_SELECT_IDS, {"ids": [r["id"] for r in chunk]}))
@@ -193,6 +204,28 @@ class Store:
                 inserted.extend(r["id"] for r in fresh)
         return inserted
 
+    def _insert_messages(self, s: Session, messages: Sequence[dict[str, Any]], postgres: bool) -> None:
+        """Insert-or-skip each message by id: one executemany per chunk, no query per row."""
+        unique: dict[str, dict[str, Any]] = {}
+        for m in messages:  # the first copy of an id wins, in its place: parents stay before children
+            unique.setdefault(m["id"], m)
+        ordered = list(unique.values())
+        for start in range(0, len(ordered), _INSERT_CHUNK):
+            chunk = [{key: m.get(key) for key in MESSAGE_COLUMNS} for m in ordered[start : start + _INSERT_CHUNK]]
+            for m in chunk:
+                if m["pii_types"] is None:
+                    m["pii_types"] = []
+            if postgres:
+                s.execute(self._pg_insert_messages, chunk)
+            else:
+                self._sqlite_inserts[2].execute(s, chunk)
+
+    @functools.cached_property
+    def _pg_insert_messages(self) -> Any:
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(_MESSAGES).on_conflict_do_nothing(index_elements=["id"])
+
     @functools.cached_property
     def _pg_insert_interactions(self) -> Any:
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -202,13 +235,14 @@ class Store:
         return pg_insert(_INTERACTIONS).on_conflict_do_nothing(index_elements=["id"]).returning(_INTERACTIONS.c.id)
 
     @functools.cached_property
-    def _sqlite_inserts(self) -> tuple[_DriverInsert, _DriverInsert]:
+    def _sqlite_inserts(self) -> tuple[_DriverInsert, _DriverInsert, _DriverInsert]:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         dialect = self.engine.dialect
         return (
             _DriverInsert(sqlite_insert(_INTERACTIONS).on_conflict_do_nothing(index_elements=["id"]), dialect, _EMPTY_ROW),
             _DriverInsert(_INSERT_FEEDBACK, dialect, ("interaction_id", "helpful", "kind", "created_at")),
+            _DriverInsert(sqlite_insert(_MESSAGES).on_conflict_do_nothing(index_elements=["id"]), dialect, MESSAGE_COLUMNS),
         )
 
     def add_feedback(self, interaction_id: str, helpful: bool | None, kind: str = "explicit") -> int:
@@ -235,6 +269,43 @@ class Store:
         with self.read() as s:
             return s.get(Interaction, interaction_id)
 
+    def conversation(self, interaction_id: str) -> list[dict[str, Any]]:
+        """The interaction as a conversation in order: its stored context (system prompt
+        included), then the answer; a row without context reads as one user turn and its answer.
+        Empty when there is no such interaction."""
+        with self.read() as s:
+            row = s.get(Interaction, interaction_id)
+            if row is None:
+                return []
+            context = self._context_chain(s, row.context_id)
+        if not context:
+            context = [{"role": "user", "content": row.prompt}]
+        return [*context, {"role": "assistant", "content": row.response}]
+
+    def _context_chain(self, s: Session, message_id: str | None) -> list[dict[str, Any]]:
+        chain: list[dict[str, Any]] = []
+        while message_id is not None:  # one lookup per message: for single conversations only
+            m = s.get(Message, message_id)
+            if m is None:
+                break
+            item: dict[str, Any] = {"role": m.role, "content": m.content}
+            if m.weight is not None:
+                item["weight"] = m.weight
+            chain.append(item)
+            message_id = m.parent_id
+        return chain[::-1]
+
+    def iter_messages(self, batch_size: int = 5_000) -> Iterator[tuple[str, str | None, str, str, int | None]]:
+        """(id, parent id, role, content, weight) of every stored message, streamed."""
+        stmt = select(Message.id, Message.parent_id, Message.role, Message.content, Message.weight)
+        with self.read() as s:
+            for row in s.execute(stmt.execution_options(yield_per=batch_size)):
+                yield tuple(row)  # type: ignore[misc]
+
+    def count_messages(self) -> int:
+        with self.read() as s:
+            return s.scalar(select(func.count()).select_from(Message)) or 0
+
     def count_interactions(self) -> int:
         with self.read() as s:
             return s.scalar(select(func.count()).select_from(Interaction)) or 0
@@ -256,10 +327,12 @@ class Store:
             return count, newest
 
     def delete_user(self, user_hash: str) -> ErasedRows:
-        """Erase every interaction and feedback event of one user, in one transaction.
+        """Erase every interaction, feedback event and context message of one user, in one
+        transaction.
 
         The counts are what this transaction deleted, so they match what is gone even when
-        feedback arrives meanwhile."""
+        feedback arrives meanwhile. A user's messages form trees of their own (the user hash
+        is part of every message id), so no other user's context loses a message."""
         feedback = 0
         with self.write() as s:
             ids = list(s.scalars(select(Interaction.id).where(Interaction.user_hash == user_hash)))
@@ -267,7 +340,11 @@ class Store:
                 part = ids[start : start + _INSERT_CHUNK]
                 feedback += s.execute(delete(FeedbackEvent).where(FeedbackEvent.interaction_id.in_(part))).rowcount
                 s.execute(delete(Interaction).where(Interaction.id.in_(part)))
-            return ErasedRows(len(ids), feedback)
+            # Counted first: a driver's rowcount leaves out the children the foreign key cascades to.
+            mine = Message.user_hash == user_hash
+            messages = s.scalar(select(func.count()).select_from(Message).where(mine)) or 0
+            s.execute(delete(Message).where(mine))
+            return ErasedRows(len(ids), feedback, messages)
 
     def ratings(self, adapter_id: str | None) -> tuple[int, int]:
         """(rated, rated helpful) of the answers one adapter gave (None: the base model), one aggregate."""

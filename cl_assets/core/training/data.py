@@ -9,8 +9,11 @@ the tokenizer's chat template (the prompt with the generation prompt appended) a
 on the completion tokens only. That matters: trained on whole `messages` rows, SmolLM2 learned
 none of the taught facts; on prompt/completion rows it learned them (STACK-NOTES).
 
-- SFT: every assistant turn becomes a row, the turns before it its prompt. Conversations
-  labelled false (👎) are skipped: a bad answer must never be imitated.
+- SFT: every assistant turn becomes a row, the turns before it its prompt, except turns with
+  `"weight": 0` (context only: an earlier answer that was rated down, or that the snapshot
+  teaches in its own line). So the loss falls exactly on the answers that count, through TRL's
+  own completion mask. Conversations labelled false (👎) are skipped: a bad answer must never
+  be imitated.
 - KTO: the last assistant turn is the rated one; it becomes one row with the boolean `label`.
 """
 
@@ -84,7 +87,9 @@ def conversation_rows(
     if conversation.label is False:
         return []
     return [
-        {"prompt": _with_system(messages[:index], system_prompt), "completion": [messages[index]]} for index in indexes
+        {"prompt": _with_system(messages[:index], system_prompt), "completion": [messages[index]]}
+        for index in indexes
+        if index not in conversation.untrained
     ]
 
 
