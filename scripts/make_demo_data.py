@@ -641,23 +641,13 @@ def build_rows(seed: int = SEED) -> list[dict]:
 
 
 def to_record(row: dict) -> dict:
-    if "messages" in row:
-        return {
-            "id": row["id"],
-            "timestamp": row["_ts"].strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "session_id": row["session_id"],
-            "user_id": row["user_id"],
-            "messages": row["messages"],
-            "helpful": row["helpful"],
-            "source": "demo",
-        }
+    turn = {"messages": row["messages"]} if "messages" in row else {"prompt": row["prompt"], "response": row["response"]}
     return {
         "id": row["id"],
         "timestamp": row["_ts"].strftime("%Y-%m-%dT%H:%M:%SZ"),
         "session_id": row["session_id"],
         "user_id": row["user_id"],
-        "prompt": row["prompt"],
-        "response": row["response"],
+        **turn,
         "helpful": row["helpful"],
         "source": "demo",
     }
