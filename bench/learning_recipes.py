@@ -7,6 +7,7 @@ curate, train, evaluate with the gates), with one thing changed per run:
     python bench/learning_recipes.py NAME --no-anchor           # no replay at all
     python bench/learning_recipes.py NAME --factual 50          # + base answers to factual prompts
     python bench/learning_recipes.py NAME --lr 5e-4 --targets q_proj,k_proj,v_proj,o_proj
+    python bench/learning_recipes.py NAME --factual 50 --replay-only   # control: replay rows alone
 
 `--factual N` adds N prompts of each of six kinds the general evaluation set does not ask
 (atomic number of an element, population, neighbouring countries, calling code, time zone of a
@@ -88,6 +89,9 @@ def main() -> int:
     parser.add_argument("--no-anchor", action="store_true", help="no replay rows at all")
     parser.add_argument("--no-magpie", action="store_true", help="leave out the default (Magpie) anchor set")
     parser.add_argument("--factual", type=int, default=0, help="factual replay prompts per kind (6 kinds)")
+    parser.add_argument("--replay-only", action="store_true",
+                        help="a control: train on the replay rows alone (they replace the snapshot), to see how many "
+                             "general answers flip when the adapter is taught nothing but the base's own answers")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--rank", type=int, help="LoRA rank (alpha = 2 x rank)")
@@ -154,10 +158,20 @@ def main() -> int:
             anchor_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         figures["anchor_rows"] = len(lines)
 
+    train_settings = settings
+    if args.replay_only:
+        if anchor_path is None:
+            parser.error("--replay-only needs replay rows (leave out --no-anchor)")
+        from cl_assets.core.snapshot import file_sha256
+
+        rows = len(anchor_path.read_text(encoding="utf-8").splitlines())
+        ingestor.store.update_snapshot(SNAPSHOT_ID, path=str(anchor_path), sha256=file_sha256(anchor_path), n_rows=rows)
+        train_settings = settings.model_copy(update={"anchor_rows": 0})  # nothing mixed in on top
+        anchor_path = None
     config = TrainConfig.from_settings(settings, **({"target_modules": tuple(args.targets.split(","))}
                                                     if args.targets else {}))
     t0 = time.perf_counter()
-    trained = train_partition(settings, ingestor.store, SNAPSHOT_ID, base_model, config,
+    trained = train_partition(train_settings, ingestor.store, SNAPSHOT_ID, base_model, config,
                               anchor_path=anchor_path)
     figures["train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
