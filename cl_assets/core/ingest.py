@@ -223,10 +223,11 @@ class Ingestor:
         for index, message in enumerate(item.context):
             _check_text(f"context message {index}", message.content, limit)
             clean = sanitize(message.content)
-            parent = message_id(parent, user_hash, message.role, clean.text)
-            messages.append({"id": parent, "parent_id": messages[-1]["id"] if messages else None, "role": message.role,
+            own = message_id(parent, user_hash, message.role, clean.text)
+            messages.append({"id": own, "parent_id": parent, "role": message.role,
                              "content": clean.text, "pii_types": sorted(clean.pii_types), "user_hash": user_hash,
                              "weight": message.weight})  # fmt: skip
+            parent = own
         last = message_id(parent, user_hash, "user", prompt)
         messages.append({"id": last, "parent_id": parent, "role": "user", "content": prompt,
                          "pii_types": sorted(prompt_pii), "user_hash": user_hash, "weight": None})  # fmt: skip
