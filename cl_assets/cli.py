@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from cl_assets.settings import get_settings
 
@@ -36,6 +37,16 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def _listing(*columns: str | Column) -> Table:
+    """A table for listings: no side borders, so it stays readable in an 80-column terminal."""
+    return Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
+
+
+def _id_column(header: str) -> Column:
+    # Ids are what people copy (e.g. for `cl rollback --to`): never cut or wrapped.
+    return Column(header, no_wrap=True, overflow="ignore", min_width=15)
+
+
 def _ingestor():  # type: ignore[no-untyped-def]
     from cl_assets.core.identity import SaltMismatchError
     from cl_assets.core.ingest import Ingestor
@@ -50,22 +61,31 @@ def _ingestor():  # type: ignore[no-untyped-def]
 def ingest(
     files: Annotated[list[Path], typer.Argument(help="JSONL files, one interaction a line (see README).")],
     export: Annotated[bool, typer.Option(help="Refresh data/ingestion/raw_interactions.jsonl afterwards.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per file instead of the table.")] = False,
 ) -> None:
     """Import interactions: sanitize, hash user ids, store; bad lines go to quarantine."""
     ingestor = _ingestor()
-    table = Table("file", "lines", "accepted", "duplicates", "quarantined", "PII found")
+    table = _listing("file", Column("lines", justify="right"), Column("new", justify="right"), Column("dupes", justify="right"),
+                     Column("quarantined", justify="right"), Column("PII found", overflow="fold"))  # fmt: skip
+    reports = []
     for path in files:
         if not path.is_file():
             raise _fail(f"no such file: {path}")
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task(f"ingest {path.name}", total=path.stat().st_size)
             report = ingestor.import_jsonl(path, progress=lambda done: bar.update(task, completed=done))
+        reports.append({"file": str(path), "lines": report.lines, "accepted": report.accepted, "duplicates": report.duplicates,
+                        "quarantined": report.quarantined, "quarantine_path": str(report.quarantine_path) if report.quarantine_path else None,
+                        "pii_counts": dict(report.pii_counts)})  # fmt: skip
         pii = ", ".join(f"{k}={v}" for k, v in sorted(report.pii_counts.items())) or "-"
         table.add_row(path.name, str(report.lines), str(report.accepted), str(report.duplicates), str(report.quarantined), pii)
         if report.quarantine_path:
             console.print(f"[yellow]{report.quarantined} line(s) quarantined[/yellow] with reasons in {report.quarantine_path}")
     if export:
         ingestor.export_sanitized()
+    if as_json:
+        typer.echo(json.dumps({"files": reports, "interactions_in_store": ingestor.store.count_interactions()}))
+        return
     Console().print(table)
     Console().print(f"interactions in store: {ingestor.store.count_interactions()}")
 
@@ -257,28 +277,55 @@ def rollback(
 
 
 @registry_app.callback()
-def registry_list(ctx: typer.Context) -> None:
-    """List snapshots and adapters with their eval results and which one is deployed."""
+def registry_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the registry as one JSON object.")] = False,
+) -> None:
+    """List snapshots and adapters with their eval results and which one is deployed.
+
+    At 80 columns the table keeps the full snapshot ids and drops the adapter's parent and
+    training mode; a wider terminal (or --json) shows them too."""
     if ctx.invoked_subcommand is not None:
         return
     _, _, registry = _store_and_registry()
-    table = Table("snapshot", "rows", "adapter", "parent", "accuracy", "general", "gate", "deployed", "note")
-    for r in registry.describe():
+    rows = registry.describe()
+    deployed = registry.current().adapter_id
+    if as_json:
+        typer.echo(json.dumps({"deployed": deployed, "snapshots": rows}, default=str))
+        return
+    out = Console()
+    wide = out.width >= 120
+    extra = [_id_column("parent"), Column("mode", no_wrap=True)] if wide else []
+    table = _listing(_id_column("snapshot"), Column("rows", justify="right"), Column("taught", justify="right"),
+                     Column("general", justify="right"), "gate", "serves", *extra, Column("note", overflow="fold"))  # fmt: skip
+    for r in rows:
         pct = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
         gate = "-" if r["gate_passed"] is None else ("pass" if r["gate_passed"] else "FAIL")
-        table.add_row(r["snapshot"], str(r["rows"]), r["mode"] or "-", r["parent"] or "-", pct(r["accuracy"]),
-                      pct(r["general_accuracy"]), gate, "◀" if r["deployed"] else "", r["note"] or "")
-    Console().print(table)
-    Console().print(f"deployed: {registry.current().adapter_id or 'base model'}")
+        if r["tainted"]:
+            gate += " tainted"
+        cells = [r["snapshot"], str(r["rows"]), pct(r["accuracy"]), pct(r["general_accuracy"]), gate, "◀" if r["deployed"] else ""]
+        if wide:
+            cells += [r["parent"] or "-", r["mode"] or "-"]
+        table.add_row(*cells, r["note"] or "")
+    out.print(table)
+    out.print(f"deployed: {deployed or 'base model'}")
 
 
 @registry_app.command("history")
-def registry_history() -> None:
+def registry_history(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the history as a JSON list.")] = False,
+) -> None:
     """The append-only deployment history: who deployed what, when and why."""
     _, _, registry = _store_and_registry()
-    table = Table("#", "time", "adapter", "actor", "forced", "reason")
-    for h in registry.history():
-        table.add_row(str(h["id"]), h["time"], h["adapter"] or "base", h["actor"], "yes" if h["forced"] else "", h["reason"])
+    history = registry.history()
+    if as_json:
+        typer.echo(json.dumps(history, default=str))
+        return
+    table = _listing(Column("#", justify="right"), Column("time (UTC)", no_wrap=True), _id_column("adapter"), "actor",
+                     "forced", Column("reason", overflow="fold"))  # fmt: skip
+    for h in history:
+        when = h["time"][:16].replace("T", " ")  # minutes are enough to read; --json has the rest
+        table.add_row(str(h["id"]), when, h["adapter"] or "base", h["actor"], "yes" if h["forced"] else "", h["reason"])
     Console().print(table)
 
 

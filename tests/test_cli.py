@@ -126,3 +126,51 @@ def test_export_snapshot_in_both_formats(cl_env: Path) -> None:
     assert result.exit_code == 0 and (settings.data_dir / "exports" / f"curated_{snap.id}.openai.jsonl").is_file()
     assert runner.invoke(app, ["export", "snapshot", snap.id, "--format", "csv"]).exit_code == 1
     assert runner.invoke(app, ["export", "snapshot", "20990101_000000"]).exit_code == 1
+
+
+def test_registry_listings_keep_whole_ids_at_80_columns_and_give_json(cl_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cl_assets.core.registry import Registry, adapter_dir, files_sha256
+
+    settings = make_settings(cl_env, user_hash_salt="cli-test-salt")
+    store = Store.from_settings(settings)
+    ids = ["20261120_101500", "20261121_093000"]
+    for sid in ids:
+        folder = adapter_dir(settings, sid)
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")  # the listing reads the registry, not the weights
+        store.add_snapshot(id=sid, path=f"curated_{sid}.jsonl", sha256="0" * 64, n_rows=182,
+                           note="a long note about why this snapshot was curated, longer than the terminal is wide")  # fmt: skip
+        store.upsert_adapter(sid, path=str(folder), files_sha256=files_sha256(folder), mode="lora-bf16-autocast-cpu",
+                             gate_passed=True, accuracy=0.667, general_accuracy=0.694, parent_id=ids[0] if sid != ids[0] else None)  # fmt: skip
+    Registry(settings, store).deploy(ids[1], actor="someone-with-a-long-name", reason="rolled forward after the gate passed on the new demo")
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for args in (["registry"], ["registry", "history"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, result.output
+        assert ids[1] in result.output  # whole, on one line: the id someone copies for a rollback
+    table = runner.invoke(app, ["registry"]).output
+    assert ids[0] in table and "67%" in table and "69%" in table and "◀" in table
+
+    listed = json.loads(runner.invoke(app, ["registry", "--json"]).output)
+    assert listed["deployed"] == ids[1]
+    assert [r["snapshot"] for r in listed["snapshots"]] == ids and listed["snapshots"][1]["parent"] == ids[0]
+    [deployment] = json.loads(runner.invoke(app, ["registry", "history", "--json"]).output)
+    assert deployment["adapter"] == ids[1] and deployment["actor"] == "someone-with-a-long-name"
+
+    monkeypatch.setenv("COLUMNS", "140")
+    wide = runner.invoke(app, ["registry"]).output
+    assert "lora-bf16-autocast-cpu" in wide  # a wide terminal shows the training mode and parent too
+
+
+def test_ingest_json_report(cl_env: Path) -> None:
+    source = cl_env / "two.jsonl"
+    source.write_text(json.dumps({"prompt": "Mail me at jane@example.com", "response": "Sure."}) + "\n{not json\n")
+    result = runner.invoke(app, ["ingest", str(source), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    [one] = report["files"]
+    assert (one["lines"], one["accepted"], one["quarantined"]) == (2, 1, 1)
+    assert one["pii_counts"] == {"EMAIL": 1} and report["interactions_in_store"] == 1
