@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0, description="Sampling temperature of the chat (0: greedy).")
     max_new_tokens: int = Field(128, gt=0, description="Longest chat answer in tokens.")
     knowledge_in_prompt: bool = Field(False, description="Put the top knowledge facts into the system prompt.")
+    chat_batching: bool = Field(True, description="Batch concurrent chat answers for the same adapter into shared forward passes.")
+    chat_max_batch: int = Field(8, gt=0, description="Most answers decoded together in one batch.")
+    chat_merge_adapter: bool = Field(
+        True, description="Serve the deployed adapter merged into the base weights (restored exactly on a swap)."
+    )
 
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":
