@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     knowledge_in_prompt: bool = Field(False, description="Put the top knowledge facts into the system prompt.")
     chat_batching: bool = Field(True, description="Batch concurrent chat answers for the same adapter into shared forward passes.")
     chat_max_batch: int = Field(8, gt=0, description="Most answers decoded together in one batch.")
+    chat_attention: Literal["eager", "sdpa"] = Field(
+        "eager", description="Attention kernel of the chat model (`eager`: ~2.6x faster decoding than SDPA on a CPU)."
+    )
     chat_merge_adapter: bool = Field(
         True, description="Serve the deployed adapter merged into the base weights (restored exactly on a swap)."
     )

@@ -96,7 +96,10 @@ def test_batched_greedy_equals_one_at_a_time(tiny: M.LoadedModel) -> None:
     assert scheduler.max_rows_seen >= 2  # they did share forward passes
 
 
-def test_batched_answers_when_all_arrive_at_once(tiny: M.LoadedModel) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: what the chat runs (CL_CHAT_ATTENTION)
+def test_batched_answers_when_all_arrive_at_once(tiny_model_dir: Path, attention: str) -> None:
+    tiny = M.load_base_model(tiny_model_dir)
+    tiny.model.set_attn_implementation(attention)
     alone = [M.generate(tiny.model, tiny.tokenizer, _conversation(p), max_new_tokens=16).text for p in PROMPTS]
     gate = _Gate(tiny.model)
     scheduler = BatchScheduler(tiny.tokenizer, gate.turn, max_batch=8, eos_ids=_eos(tiny))
