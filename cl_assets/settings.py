@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     train_cpu_bf16: bool | None = Field(
         None, description="bf16 autocast when training on a CPU (unset: on where the CPU runs bf16 natively)."
     )
+    train_nice: int = Field(10, ge=0, le=19, description="CPU nice level of training (0: unchanged), below the chat's.")
     anchor_rows: int = Field(
         160, ge=0, description="Base-model answers to self-synthesized general prompts mixed into every training run (0: off)."
     )
