@@ -309,6 +309,9 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
         engine.refresh()
         stream_prompts = PROMPTS[: max(2, cfg["prompts"])]
         one_stream = {"CL engine (A merged, eager attention, CL decode loop)": generate_in_state(engine, stream_prompts)}
+        half = ChatEngine(settings.model_copy(update={"chat_dtype": "bfloat16"}), store=store)
+        one_stream["CL engine, `CL_CHAT_DTYPE=bfloat16` (opt-in)"] = generate_in_state(half, stream_prompts)
+        del half
         one_stream["transformers `generate` on a PeftModel with A (default attention)"] = plain_transformers(
             model_dir, adapter_dir(settings, a), stream_prompts, cfg["max_new_tokens"])
         one_stream["transformers `generate` on a PeftModel with A, eager attention"] = plain_transformers(

@@ -169,8 +169,15 @@ class ChatEngine:
             loaded = model
         else:
             loaded = load_base_model(settings if model is None else model)
-        # One token at a time, CPU SDPA's flash kernel costs more than all the matmuls of a step
-        # (3.4 ms a layer for SmolLM2, 62 % of the step); eager attention is a few small bmm's.
+        # One token at a time, CPU SDPA's flash kernel costs more than eager attention's few
+        # small bmm's (SmolLM2: 91 vs 71 ms a token on a quiet box, 169 vs 64 with the other
+        # core busy, where the flash kernel's parallel region took 62 % of a step).
+        # One answer at a time a CPU reads every weight per token: bf16 halves that (opt-in,
+        # since evaluation judged the adapter's fp32 answers).
+        if settings.chat_dtype == "bfloat16":
+            import torch
+
+            loaded.model.to(torch.bfloat16)
         if loaded.model.config._attn_implementation != settings.chat_attention:
             loaded.model.set_attn_implementation(settings.chat_attention)
         self.adapters = AdapterSet(
