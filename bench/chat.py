@@ -14,7 +14,19 @@ and deployed through the registry, as a training cycle would:
 - *generation*: `engine.ask(...)` drained, greedy, the same prompts in each state; the turn's
   own `GenerationResult` gives TTFT and tokens/s (completion tokens / latency).
 
-Targets: swap < 1 s and ≥ 10× faster than a reload.
+- *one stream*: tokens/s of one answer with adapter A through the engine (A merged into the
+  weights, eager attention, CL's decode loop) against plain transformers (`model.generate` on
+  a `PeftModel` holding A, default attention), transformers with eager attention, and
+  llama.cpp (`llama_cpp.Llama` on the same GGUF file, `n_threads=2`, base model, Q4_1) when
+  `llama-cpp-python` is installed;
+- *concurrency*: 1, 4 and 8 clients (threads) asking `ChatEngine` at once, with continuous
+  batching on and off (`CL_CHAT_BATCHING`), measured in turns in the same run: median TTFT
+  and aggregate tokens/s (all completion tokens / wall time);
+- *training beside* (size full, or `--training-beside`): TTFT of one client while a process
+  does real LoRA steps on the same base model, at nice 0 and at CL's nice 10.
+
+Targets: swap < 1 s and ≥ 10× faster than a reload; one stream ≥ 2× plain transformers;
+batched aggregate ≥ 2.5× one-at-a-time at 8 clients.
 """
 
 from __future__ import annotations
@@ -28,9 +40,9 @@ import common
 from common import REPO, Result, median
 
 SIZES = {
-    "tiny": {"max_new_tokens": 8, "prompts": 1, "reloads": 1, "swaps": 2},
-    "small": {"max_new_tokens": 32, "prompts": 2, "reloads": 2, "swaps": 4},
-    "full": {"max_new_tokens": 64, "prompts": 5, "reloads": 3, "swaps": 8},
+    "tiny": {"max_new_tokens": 8, "prompts": 1, "reloads": 1, "swaps": 2, "clients": (1, 2), "beside": False},
+    "small": {"max_new_tokens": 32, "prompts": 2, "reloads": 2, "swaps": 4, "clients": (1, 4, 8), "beside": False},
+    "full": {"max_new_tokens": 64, "prompts": 5, "reloads": 3, "swaps": 8, "clients": (1, 4, 8), "beside": True},
 }
 ADAPTERS = ("20261101_000000", "20261102_000000", "20261103_000000")  # A, B, and C for the profile
 PROMPTS = [
@@ -39,6 +51,9 @@ PROMPTS = [
     "Do you ship to Canada?",
     "What is the capital of France?",
     "What are your customer support hours?",
+    "Is there a restocking fee on returns?",
+    "Can I change the address of an order that has shipped?",
+    "Tell me about your saffron.",
 ]
 SALT = "bench-salt-not-secret"
 _RESTART = """
@@ -76,6 +91,115 @@ def register(settings: Any, store: Any, adapter_id: str) -> None:
                          gate_passed=True)
 
 
+# Real LoRA steps on the base model (batch 4 × 128 tokens, the platform's LoRA shape) until
+# killed, at the nice level given; prints one line once the first step is done.
+_TRAINER = """
+import sys, torch
+from cl_assets.core.priority import lower_cpu_priority
+lower_cpu_priority(int(sys.argv[2]))
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM
+from cl_assets.core.training import TrainConfig
+model = get_peft_model(AutoModelForCausalLM.from_pretrained(sys.argv[1]), TrainConfig().to_lora_config())
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+ids = torch.randint(0, model.config.vocab_size, (4, 128))
+steps = 0
+while True:
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward(); opt.step(); opt.zero_grad()
+    steps += 1
+    if steps == 1:
+        print("ready", flush=True)
+"""
+
+
+def concurrent(engine: Any, clients: int, prompts: list[str]) -> dict[str, float]:
+    """`clients` threads ask at once (one prompt each); median TTFT and aggregate tokens/s."""
+    import threading
+
+    barrier = threading.Barrier(clients + 1)
+    results: list[Any] = [None] * clients
+
+    def client(i: int) -> None:
+        turn = engine.ask(engine.new_session(), prompts[i % len(prompts)])
+        barrier.wait()
+        turn.consume()
+        results[i] = turn.result
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    tokens = sum(r.completion_tokens for r in results)
+    return {"ttft_ms": median([r.ttft_ms for r in results]), "aggregate_tokens_per_s": tokens / wall,
+            "completion_tokens": tokens, "wall_s": wall}  # fmt: skip
+
+
+def plain_transformers(model_dir: Path, adapter: Path, prompts: list[str], max_new_tokens: int,
+                       attention: str | None = None) -> dict[str, float]:  # fmt: skip
+    """`model.generate` on a `PeftModel` with the adapter, as a transformers user would run it."""
+    import torch
+    from peft import PeftModel
+
+    from cl_assets.core.model import _encode, load_base_model
+
+    loaded = load_base_model(model_dir)
+    if attention:
+        loaded.model.set_attn_implementation(attention)
+    model = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
+    tps = []
+    for i, prompt in enumerate([prompts[0], *prompts]):  # the first one warms up
+        ids = torch.tensor([_encode(loaded.tokenizer, [{"role": "user", "content": prompt}])])
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)  # fmt: skip
+        if i:
+            tps.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - started))
+    return {"tokens_per_s": median(tps)}
+
+
+def llama_cpp(prompts: list[str], max_new_tokens: int) -> dict[str, float] | None:
+    """llama.cpp on the GGUF file CL converts its base from (Q4_1, no adapter), 2 threads."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from cl_assets.core.model import embedded_gguf_path
+
+    llm = Llama(model_path=str(embedded_gguf_path()), n_threads=2, n_ctx=2048, verbose=False)
+    tps = []
+    for i, prompt in enumerate([prompts[0], *prompts]):
+        started = time.perf_counter()
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": prompt}], max_tokens=max_new_tokens,
+                                         temperature=0.0)  # fmt: skip
+        if i:
+            tps.append(out["usage"]["completion_tokens"] / (time.perf_counter() - started))
+    return {"tokens_per_s": median(tps)}
+
+
+def ttft_beside_training(engine: Any, model_dir: Path, prompts: list[str]) -> dict[str, float]:
+    """Median TTFT of one client alone, and while a training process runs at nice 0 and 10."""
+    import subprocess
+    import sys
+
+    figures = {"alone": median([concurrent(engine, 1, [p])["ttft_ms"] for p in prompts])}
+    for nice in (0, 10):
+        proc = subprocess.Popen([sys.executable, "-c", _TRAINER, str(model_dir), str(nice)], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            figures[f"training at nice {nice}"] = median([concurrent(engine, 1, [p])["ttft_ms"] for p in prompts])
+        finally:
+            proc.kill()
+            proc.wait()
+    return figures
+
+
 def generate_in_state(engine: Any, prompts: list[str]) -> dict[str, float]:
     ttft, tps, tokens = [], [], []
     for prompt in prompts:
@@ -87,7 +211,7 @@ def generate_in_state(engine: Any, prompts: list[str]) -> dict[str, float]:
     return {"ttft_ms": median(ttft), "tokens_per_s": median(tps), "completion_tokens": median(tokens)}
 
 
-def run(size: str = "small", model: str | None = None) -> Result:
+def run(size: str = "small", model: str | None = None, training_beside: bool = False) -> Result:
     from cl_assets.core.model import AdapterSet, ensure_base_model, load_base_model
     from cl_assets.core.registry import Registry, adapter_dir
     from cl_assets.core.store import Store
@@ -179,6 +303,34 @@ def run(size: str = "small", model: str | None = None) -> Result:
         # Where a cold swap's time goes: C has never been loaded.
         registry.deploy(c, actor="bench", reason="profile")
         swap_profile, _ = common.profile_text(engine.refresh, limit=20, sort="cumulative")
+
+        # One stream with A: CL's engine against plain transformers and llama.cpp.
+        registry.deploy(a, actor="bench", reason="one stream")
+        engine.refresh()
+        stream_prompts = PROMPTS[: max(2, cfg["prompts"])]
+        one_stream = {"CL engine (A merged, eager attention, CL decode loop)": generate_in_state(engine, stream_prompts)}
+        half = ChatEngine(settings.model_copy(update={"chat_dtype": "bfloat16"}), store=store)
+        one_stream["CL engine, `CL_CHAT_DTYPE=bfloat16` (opt-in)"] = generate_in_state(half, stream_prompts)
+        del half
+        one_stream["transformers `generate` on a PeftModel with A (default attention)"] = plain_transformers(
+            model_dir, adapter_dir(settings, a), stream_prompts, cfg["max_new_tokens"])
+        one_stream["transformers `generate` on a PeftModel with A, eager attention"] = plain_transformers(
+            model_dir, adapter_dir(settings, a), stream_prompts, cfg["max_new_tokens"], attention="eager")
+        cpp = llama_cpp(stream_prompts, cfg["max_new_tokens"]) if size != "tiny" else None
+        if cpp is not None:
+            one_stream["llama.cpp (`llama_cpp.Llama`, same GGUF, Q4_1, base only, 2 threads)"] = cpp
+
+        # Concurrent clients, batched and one at a time, in turns (same run, same adapter A).
+        serial_settings = settings.model_copy(update={"chat_batching": False})
+        serial = ChatEngine(serial_settings, store=store)
+        assert serial.adapter_id == a
+        concurrent(engine, 1, PROMPTS)  # warm-up
+        concurrent(serial, 1, PROMPTS)
+        clients: dict[int, dict[str, dict[str, float]]] = {}
+        for n in cfg["clients"]:
+            clients[n] = {"batched": concurrent(engine, n, PROMPTS), "one at a time": concurrent(serial, n, PROMPTS)}
+        del serial
+        beside = ttft_beside_training(engine, model_dir, PROMPTS[:3]) if (cfg["beside"] or training_beside) else None
         store.close()
 
     gen = result.table(
@@ -204,7 +356,26 @@ def run(size: str = "small", model: str | None = None) -> Result:
     sw.add("`engine.refresh()` with nothing new deployed", median(unchanged), f"{reload_med / median(unchanged):,.0f}×")
     result.notes.append(f"The engine that swapped served every state and swap from {'the same' if same_base else 'ANOTHER'} base model object (it never reloads).")
 
-    result.data = {"restart_s": restart["seconds"], "reload_s": reload_s, "bare_reload_s": bare_s, "peft_hotswap_s": peft_swap_s, "cold_swap_s": cold_swap, "warm_swap_s": warm,
+    cl_tps = one_stream["CL engine (A merged, eager attention, CL decode loop)"]["tokens_per_s"]
+    hf_tps = one_stream["transformers `generate` on a PeftModel with A (default attention)"]["tokens_per_s"]
+    one = result.table(f"One stream with adapter A (greedy, ≤ {cfg['max_new_tokens']} new tokens, median of "
+                       f"{len(stream_prompts)} prompts)", ["path", "tokens/s", "CL ÷ this"])  # fmt: skip
+    for path_label, m in one_stream.items():
+        one.add(path_label, m["tokens_per_s"], f"{cl_tps / m['tokens_per_s']:.2f}×")
+    conc = result.table("Concurrent clients through `ChatEngine` (threads, adapter A, greedy)",
+                        ["clients", "mode", "median TTFT ms", "aggregate tokens/s", "batched ÷ one at a time"])  # fmt: skip
+    for n, modes in clients.items():
+        gain = modes["batched"]["aggregate_tokens_per_s"] / modes["one at a time"]["aggregate_tokens_per_s"]
+        for mode, m in modes.items():
+            conc.add(n, mode, m["ttft_ms"], m["aggregate_tokens_per_s"], f"{gain:.2f}×" if mode == "batched" else "")
+    if beside is not None:
+        bt = result.table("TTFT of one client while a training process runs beside (median of 3 prompts)",
+                          ["state", "TTFT ms", "÷ alone"])  # fmt: skip
+        for state, ms in beside.items():
+            bt.add(state, ms, f"{ms / beside['alone']:.2f}×")
+
+    result.data = {"one_stream": one_stream, "clients": {str(k): v for k, v in clients.items()}, "beside": beside,
+                   "restart_s": restart["seconds"], "reload_s": reload_s, "bare_reload_s": bare_s, "peft_hotswap_s": peft_swap_s, "cold_swap_s": cold_swap, "warm_swap_s": warm,
                    "activate_s": activate_s, "refresh_unchanged_s": unchanged, "states": states}
     judged = size != "tiny"
     if reload_med / swap < 10 or swap >= 1:
@@ -212,11 +383,17 @@ def run(size: str = "small", model: str | None = None) -> Result:
     result.check("hot-swap time", f"{swap:.3f} s", "< 1 s", swap < 1 if judged else None)
     result.check("hot-swap vs full reload", f"{reload_med / swap:.0f}× faster", "≥ 10×",
                  reload_med / swap >= 10 if judged else None)
+    widest = max(clients)
+    gain = clients[widest]["batched"]["aggregate_tokens_per_s"] / clients[widest]["one at a time"]["aggregate_tokens_per_s"]
+    result.check("one stream: CL vs plain transformers + PEFT", f"{cl_tps / hf_tps:.2f}×", "≥ 2×",
+                 cl_tps / hf_tps >= 2 if judged else None)
+    result.check(f"aggregate tokens/s at {widest} clients, batched vs one at a time", f"{gain:.2f}×", "≥ 2.5×",
+                 gain >= 2.5 if judged and widest >= 8 else None)
     base_tps = states["no adapter (base model)"]["tokens_per_s"]
     after = states[f"after hot-swap to B ({b})"]["tokens_per_s"]
     adapter_tps = states[f"adapter A ({a})"]["tokens_per_s"]
     result.notes.append(
-        f"With an adapter (unmerged LoRA layers) the chat runs at {adapter_tps / base_tps:.0%} of the base model's "
+        f"With an adapter (merged into the base weights) the chat runs at {adapter_tps / base_tps:.0%} of the base model's "
         f"tokens/s; after the hot-swap at {after / base_tps:.0%} (the swapped-in adapter runs as fast as the first one)."
     )
     result.notes.append(
@@ -228,6 +405,8 @@ def run(size: str = "small", model: str | None = None) -> Result:
 
 def _options(parser: Any) -> None:
     parser.add_argument("--model", help="model folder (default: the embedded SmolLM2); tests pass a tiny model")
+    parser.add_argument("--training-beside", action="store_true", default=None,
+                        help="also measure TTFT beside a training process (always on at size full)")
 
 
 if __name__ == "__main__":

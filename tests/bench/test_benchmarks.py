@@ -89,6 +89,10 @@ def test_chat(tmp_path: Path, bench_env: dict[str, str], tiny_model_dir: Path) -
     assert states[0] == "no adapter (base model)" and states[2].startswith("after hot-swap")
     ops = first_column(table(result, "Swap vs reload"))
     assert any(o.startswith("full reload") for o in ops) and any("hot-swap" in o for o in ops)
+    paths = first_column(table(result, "One stream with adapter A"))
+    assert paths[0].startswith("CL engine") and any(p.startswith("transformers") for p in paths)
+    clients = table(result, "Concurrent clients")
+    assert {(str(r[0]), r[1]) for r in clients["rows"]} == {(n, m) for n in ("1", "2") for m in ("batched", "one at a time")}
 
 
 def test_run_all_writes_the_doc(tmp_path: Path, bench_env: dict[str, str]) -> None:

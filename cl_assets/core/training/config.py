@@ -86,6 +86,10 @@ class TrainConfig:
         default=None,
         metadata={"help": "CPU only: bf16 autocast over fp32 weights. None: on where the CPU runs bf16 natively."},
     )
+    nice: int = field(
+        default=10,
+        metadata={"help": "CPU nice level the training thread runs at (0: unchanged), so a chat on the same machine keeps its speed."},
+    )
     logging_steps: int = field(default=1, metadata={"help": "Optimizer steps between loss logs / progress calls."})
     seed: int = field(default=42, metadata={"help": "Seed of LoRA init, data order and dropout."})
 
@@ -107,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"nice must be in [0, 19], got {self.nice}")
         if self.max_length < 16:
             raise ValueError(f"max_length must be >= 16 tokens, got {self.max_length}")
         if not self.target_modules:
@@ -132,6 +138,7 @@ class TrainConfig:
             "max_length": settings.train_max_length,
             "seed": settings.seed,
             "cpu_bf16": settings.train_cpu_bf16,
+            "nice": settings.train_nice,
         }
         values.update(overrides)
         return cls(**values)

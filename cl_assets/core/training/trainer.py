@@ -140,6 +140,9 @@ def train_adapter(
             f"parent adapter {parent_adapter} has no {ADAPTER_CONFIG}; is it a PEFT adapter folder?"
         )
 
+    from cl_assets.core.priority import lower_cpu_priority
+
+    lower_cpu_priority(config.nice)  # before torch starts its worker threads here, which inherit it
     # Validate the data before paying for a model load.
     rows = load_rows(snapshot_path, config.mode, config.system_prompt)
     anchor = None
