@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate.")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha.")
-    train_max_length: int = Field(512, gt=0, description="Longest training sequence in tokens; curation trims longer conversations to it.")
+    train_max_length: int = Field(512, gt=0, description="Longest training sequence in tokens; curation trims a longer conversation from the front to fit (3 characters a token).")
     train_cpu_bf16: bool | None = Field(
         None, description="bf16 autocast when training on a CPU (unset: on where the CPU runs bf16 natively)."
     )
@@ -107,7 +107,7 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0, description="Sampling temperature of the chat (0: greedy).")
     max_new_tokens: int = Field(128, gt=0, description="Longest chat answer in tokens.")
     knowledge_in_prompt: bool = Field(False, description="Put the top knowledge facts into the system prompt.")
-    chat_batching: bool = Field(True, description="Batch concurrent chat answers for the same adapter into shared forward passes.")
+    chat_batching: bool = Field(True, description="Batch concurrent chat answers for the same adapter into shared forward passes (continuous batching).")
     chat_max_batch: int = Field(8, gt=0, description="Most answers decoded together in one batch.")
     chat_attention: Literal["eager", "sdpa"] = Field(
         "eager", description="Attention kernel of the chat model (`eager`: 1.3–2.6x faster one-token steps than SDPA on a CPU; or `sdpa`)."
@@ -117,8 +117,13 @@ class Settings(BaseSettings):
         description="Weights of the chat model: `float32` answers as evaluation measured; `bfloat16` halves the bytes a token reads (~2x tokens/s on a CPU), answers may differ slightly.",
     )
     chat_merge_adapter: bool = Field(
-        True, description="Serve the deployed adapter merged into the base weights (restored exactly on a swap)."
+        True, description="Serve the deployed adapter merged into the base weights (the base is restored exactly on a swap)."
     )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Bearer key every `/v1` API call must send; unset: the API answers loopback clients only.",
+    )
+    api_max_body_bytes: int = Field(1_000_000, gt=0, description="Largest `/v1` request body accepted (413 above).")
 
     @model_validator(mode="after")
     def _fill_paths(self) -> "Settings":

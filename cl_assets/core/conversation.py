@@ -87,18 +87,9 @@ def from_sharegpt(conversations: Any) -> list[dict[str, Any]]:
     return out
 
 
-def split_conversation(messages: list[dict[str, Any]], max_messages: int) -> ParsedConversation:
-    """Check the order of the roles and split at the rated answer (the last message).
-
-    System messages come first; then user and assistant alternate, starting with the user and
-    ending with the assistant. Control tokens (`<|im_start|>`, ...) are refused anywhere: once
-    rendered through a chat template they would forge a turn.
-    """
-    if len(messages) > max_messages:
-        raise ConversationError(f"{len(messages)} messages, over the limit of {max_messages} (CL_MAX_CONVERSATION_MESSAGES)")
-    for index, message in enumerate(messages):
-        if _CONTROL.search(message["content"]):
-            raise ConversationError(f"message {index} contains a control token (such as <|im_start|>)")
+def check_roles(messages: list[dict[str, Any]], *, last: str) -> None:
+    """System messages first, then user and assistant alternating from the user, ending with
+    `last`: "assistant" for a rated conversation, "user" for one still to be answered (the API)."""
     first = 0
     while first < len(messages) and messages[first]["role"] == "system":
         first += 1
@@ -112,9 +103,25 @@ def split_conversation(messages: list[dict[str, Any]], max_messages: int) -> Par
                 f"message {first + offset} is {message['role']!r} where {expected!r} was expected "
                 "(system messages first, then user and assistant alternating)"
             )
-    if turns[-1]["role"] != "assistant":
-        raise ConversationError("the last message must be the assistant's answer (the one the rating is about)")
-    answer = turns[-1]
+    if turns[-1]["role"] != last:
+        what = "the assistant's answer (the one the rating is about)" if last == "assistant" else "the user's (the one to answer)"
+        raise ConversationError(f"the last message must be {what}")
+
+
+def split_conversation(messages: list[dict[str, Any]], max_messages: int) -> ParsedConversation:
+    """Check the order of the roles and split at the rated answer (the last message).
+
+    System messages come first; then user and assistant alternate, starting with the user and
+    ending with the assistant. Control tokens (`<|im_start|>`, ...) are refused anywhere: once
+    rendered through a chat template they would forge a turn.
+    """
+    if len(messages) > max_messages:
+        raise ConversationError(f"{len(messages)} messages, over the limit of {max_messages} (CL_MAX_CONVERSATION_MESSAGES)")
+    for index, message in enumerate(messages):
+        if _CONTROL.search(message["content"]):
+            raise ConversationError(f"message {index} contains a control token (such as <|im_start|>)")
+    check_roles(messages, last="assistant")
+    answer = messages[-1]
     if answer.get("weight") == 0:
         raise ConversationError("the rated answer (the last message) has weight 0: there is nothing to learn from it")
     if not answer["content"].strip():
@@ -145,6 +152,7 @@ __all__ = [
     "TO_SHAREGPT",
     "ConversationError",
     "ParsedConversation",
+    "check_roles",
     "from_openai",
     "from_sharegpt",
     "message_id",

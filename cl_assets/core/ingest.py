@@ -89,6 +89,7 @@ class Ingested:
     id: str
     inserted: bool
     pii_types: tuple[str, ...]
+    context_id: str | None = None  # the stored prompt message (its id hashes the whole context)
 
 
 @dataclass
@@ -241,7 +242,7 @@ class Ingestor:
             raise IngestError(describe_validation_error(exc)) from None
         row, messages = self.to_records(item)
         inserted = self.store.insert_interactions([row], messages)
-        return Ingested(row["id"], bool(inserted), tuple(row["pii_types"]))
+        return Ingested(row["id"], bool(inserted), tuple(row["pii_types"]), row["context_id"])
 
     def record_feedback(self, interaction_id: str, helpful: bool | None, kind: str = "explicit") -> int:
         """Append a 👍/👎 (or an implicit regenerate) to an interaction; returns the event id."""

@@ -248,6 +248,39 @@ def test_generate_trims_history_to_the_prompt_budget(tiny: M.LoadedModel) -> Non
 # --------------------------------------------------------------------------- adapters
 
 
+def test_without_trimming_an_overlong_prompt_is_refused_with_its_counts(tiny: M.LoadedModel) -> None:
+    history = [{"role": "user", "content": "lorem ipsum " * 300}, {"role": "assistant", "content": "ok"}, *PROBE]
+    with pytest.raises(M.ContextLengthError) as refused:
+        M.stream_generate(tiny.model, tiny.tokenizer, history, max_new_tokens=8, max_prompt_tokens=64, trim=False)
+    assert refused.value.prompt_tokens > 64 and refused.value.max_new_tokens == 8 and refused.value.context_length == 72
+    assert "lorem" not in str(refused.value)  # counts only, never text
+    kept = M.stream_generate(tiny.model, tiny.tokenizer, PROBE, max_new_tokens=8, max_prompt_tokens=64, trim=False)
+    assert kept.messages == PROBE
+
+
+@pytest.mark.parametrize(
+    ("deltas", "stops", "shown", "hit"),
+    [
+        (["Hello wor", "ld. Bye"], ["world"], "Hello ", True),  # split across deltas, never shown in part
+        (["a<", "b>c"], ["<x>", "b>"], "a<", True),  # a held prefix that turns out not to be one is shown
+        (["ab", "cd"], ["zz"], "abcd", False),
+        (["one\n\ntwo"], ["\n\n", "one"], "", True),  # the earliest stop wins
+        (["tail: sto"], ["stop"], "tail: sto", False),  # held at the end, flushed
+    ],
+)
+def test_stop_strings_cut_before_the_first_stop(deltas: list[str], stops: list[str], shown: str, hit: bool) -> None:
+    scanner = M.StopStrings(stops)
+    out, met = "", False
+    for delta in deltas:
+        text, met = scanner.feed(delta)
+        out += text
+        if met:
+            break
+    if not met:
+        out += scanner.flush()
+    assert (out, met) == (shown, hit)
+
+
 def test_adapter_ids_must_be_valid_peft_names() -> None:
     assert M.check_adapter_id("20261120_101500") == "20261120_101500"
     for bad in ["", "a.b", "with space", "x" * 65, "_leading", "20261120_101500\n"]:

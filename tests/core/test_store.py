@@ -246,6 +246,21 @@ def test_contexts_are_a_tree_each_message_stored_once(store: Store) -> None:
     assert store.conversation("t-4") == [{"role": "user", "content": "question 4"}, {"role": "assistant", "content": "answer 4"}]
 
 
+def test_latest_answer_to_a_context_is_one_lookup_by_its_id(store: Store) -> None:
+    """A resend of the same conversation finds the answer it replaces; another user's or
+    another context's answers are not found."""
+    turns = (("system", "Be brief."), ("user", "Hi, what are your hours?"))
+    mine, theirs = _chain("u1", *turns), _chain("u2", *turns)
+    early, late = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
+    store.insert_interactions([_row(1, user_hash="u1", context_id=mine[-1]["id"], created_at=early),
+                               _row(2, user_hash="u1", context_id=mine[-1]["id"], created_at=late),
+                               _row(3, user_hash="u2", context_id=theirs[-1]["id"], created_at=late)], mine + theirs)  # fmt: skip
+    assert store.latest_answer_to(mine[-1]["id"]) == "t-2"
+    assert store.latest_answer_to(mine[-1]["id"], excluding="t-2") == "t-1"
+    assert store.latest_answer_to(theirs[-1]["id"], excluding="t-3") is None
+    assert store.latest_answer_to("0" * 32) is None
+
+
 def test_erasing_a_user_removes_their_messages_only(store: Store) -> None:
     turns = (("system", "Be brief."), ("user", "Hi, what are your hours?"))
     mine, theirs = _chain("u1", *turns), _chain("u2", *turns)

@@ -25,6 +25,7 @@ from cl_assets.core.model.adapters import (
 from cl_assets.core.model.base import (
     CONVERSION_MARKER,
     SMOLLM2_GGUF,
+    ContextLengthError,
     SMOLLM2_PACKAGE,
     DeviceChoice,
     LoadedModel,
@@ -40,6 +41,7 @@ from cl_assets.core.model.base import (
 from cl_assets.core.model.generation import (
     GenerationResult,
     GenerationStream,
+    StopStrings,
     _encode,
     fit_messages,
     generate,
@@ -54,6 +56,7 @@ __all__ = [
     "SMOLLM2_PACKAGE",
     "AdapterSet",
     "AdapterWeights",
+    "ContextLengthError",
     "DeviceChoice",
     "GenerationResult",
     "GenerationStream",
@@ -61,6 +64,7 @@ __all__ = [
     "Message",
     "ModelError",
     "PromptTooLongError",
+    "StopStrings",
     "_encode",
     "check_adapter_id",
     "convert_gguf",

@@ -37,6 +37,22 @@ class PromptTooLongError(ValueError):
     """Even the system prompt plus the latest message do not fit the context window."""
 
 
+class ContextLengthError(PromptTooLongError):
+    """The messages plus the answer's token budget exceed the context window, where the caller
+    asked for no trimming (the API: a client sent that history on purpose, so dropping part of
+    it silently would answer another conversation). Counts only, never text."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_length: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_length = context_length
+        super().__init__(
+            f"The model's context is {context_length} tokens; the messages need {prompt_tokens} and the answer "
+            f"may take up to {max_new_tokens} ({prompt_tokens + max_new_tokens} in all). "
+            "Shorten the messages or lower max_tokens."
+        )
+
+
 # --------------------------------------------------------------------------- base model
 
 

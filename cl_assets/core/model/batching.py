@@ -29,6 +29,7 @@ newline, a CJK character or the last space), so the deltas read as the old strea
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -63,6 +64,16 @@ class Request:
     finished_at: float | None = None
     completion_tokens: int = 0
     finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a request ended: tokens generated of its budget, and why it stopped."""
+
+    adapter_id: str | None
+    finish_reason: str | None
+    completion_tokens: int
+    max_new_tokens: int
 
 
 @dataclass(eq=False)
@@ -103,6 +114,8 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and the bench)
         self.max_rows_seen = 0  # the widest batch so far
+        # The latest finished requests: what a cancel really saved shows here (tests, the bench).
+        self.finished: collections.deque[Finished] = collections.deque(maxlen=256)
 
     def submit(self, request: Request) -> Request:
         request.submitted_at = request.submitted_at or time.perf_counter()
@@ -158,6 +171,9 @@ class BatchScheduler:
                     rows, cache, mask = self._select(rows, cache, mask, kept)
                 if admitting:
                     for request in self._admit(adapter_id, self.max_batch - len(rows)):
+                        if request.cancel.is_set():  # its client left while it waited: no prefill
+                            self._finish(request, "cancelled")
+                            continue
                         try:
                             row, row_cache = self._prefill(model, request)
                         except BaseException as exc:  # noqa: BLE001 - this request fails, the batch goes on
@@ -265,6 +281,7 @@ class BatchScheduler:
     def _finish(self, request: Request, reason: str) -> None:
         request.finish_reason = "cancelled" if request.cancel.is_set() else reason
         request.finished_at = time.perf_counter()
+        self.finished.append(Finished(request.adapter_id, request.finish_reason, request.completion_tokens, request.max_new_tokens))
         request.out.put(_END)
 
     # -- the batch's KV cache ------------------------------------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ContextManager
 
-from cl_assets.core.model.base import Message, PromptTooLongError, _context_length
+from cl_assets.core.model.base import ContextLengthError, Message, PromptTooLongError, _context_length
 
 if TYPE_CHECKING:
     pass
@@ -103,7 +103,10 @@ class GenerationStream:
         max_prompt_tokens: int | None = None,
         seed: int | None = None,
         guard: Callable[[], ContextManager[Any]] | None = None,
+        trim: bool = True,
     ) -> None:
+        """`trim=False`: refuse (`ContextLengthError`) a prompt that does not fit instead of
+        dropping its oldest turns."""
         if max_new_tokens <= 0:
             raise ValueError("max_new_tokens must be positive.")
         if temperature < 0:
@@ -111,9 +114,15 @@ class GenerationStream:
         self._model = model
         self._tokenizer = tokenizer
         budget = max_prompt_tokens if max_prompt_tokens is not None else _context_length(model, tokenizer) - max_new_tokens
-        if budget <= 0:
+        if not trim:
+            self.messages = [dict(m) for m in messages]
+            needed = len(_encode(tokenizer, self.messages))
+            if needed > budget:
+                raise ContextLengthError(needed, max_new_tokens, budget + max_new_tokens)
+        elif budget <= 0:
             raise PromptTooLongError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt.")
-        self.messages = fit_messages(tokenizer, messages, budget)
+        else:
+            self.messages = fit_messages(tokenizer, messages, budget)
         self._max_new_tokens = max_new_tokens
         self._temperature = temperature
         self._top_p = top_p
@@ -240,6 +249,37 @@ class GenerationStream:
         )
 
 
+class StopStrings:
+    """Cut a streamed answer before the first of its stop strings (OpenAI's `stop`).
+
+    `feed(delta)` returns the text that is safe to show and whether a stop string was met;
+    text that could be the start of a stop string is held back until the next delta settles
+    it, so a stop string split across deltas is still cut and never shown in part.
+    `flush()` returns what is held when the answer ends without one.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._held = ""
+        self.hit = False
+
+    def feed(self, delta: str) -> tuple[str, bool]:
+        if self.hit:
+            return "", True
+        text = self._held + delta
+        found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.hit, self._held = True, ""
+            return text[: min(found)], True
+        keep = max((k for s in self.stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
 def _as_set(value: Any) -> set[int]:
     if value is None:
         return set()
@@ -258,12 +298,14 @@ def stream_generate(
     top_p: float = 1.0,
     max_prompt_tokens: int | None = None,
     seed: int | None = None,
+    trim: bool = True,
 ) -> GenerationStream:
     """Start a streamed answer to ChatML `messages`; greedy when temperature == 0.
 
     The history is trimmed with `fit_messages` to `max_prompt_tokens` (default: the context
-    length minus `max_new_tokens`). Iterate the returned stream for text deltas, then read
-    `.result`. Nothing runs until iteration starts.
+    length minus `max_new_tokens`), or with `trim=False` refused when it does not fit
+    (`ContextLengthError`). Iterate the returned stream for text deltas, then read `.result`.
+    Nothing runs until iteration starts.
     """
     return GenerationStream(
         model,
@@ -274,6 +316,7 @@ def stream_generate(
         top_p=top_p,
         max_prompt_tokens=max_prompt_tokens,
         seed=seed,
+        trim=trim,
     )
 
 

@@ -269,6 +269,19 @@ class Store:
         with self.read() as s:
             return s.get(Interaction, interaction_id)
 
+    def latest_answer_to(self, context_id: str, *, excluding: str | None = None) -> str | None:
+        """The newest interaction answering `context_id` (other than `excluding`), or None.
+
+        A context id is the content hash of the prompt message, chained through every message
+        before it and the user's hash, so an equal id means the same user sent the same
+        conversation again: one lookup on `ix_interactions_context_id` finds the answer a
+        resend replaces."""
+        stmt = select(Interaction.id).where(Interaction.context_id == context_id)
+        if excluding is not None:
+            stmt = stmt.where(Interaction.id != excluding)
+        with self.read() as s:
+            return s.scalar(stmt.order_by(Interaction.created_at.desc(), Interaction.id.desc()).limit(1))
+
     def conversation(self, interaction_id: str) -> list[dict[str, Any]]:
         """The interaction as a conversation in order: its stored context (system prompt
         included), then the answer; a row without context reads as one user turn and its answer.
