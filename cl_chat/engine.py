@@ -15,15 +15,19 @@ shells around a `ChatEngine`.
   (`CL_CHAT_MERGE_ADAPTER`), so one answer runs as fast as the base model.
 - A finished turn goes through `Ingestor.ingest_interaction` (which sanitizes the text and
   hashes the user id) and adds one metrics-only line to `logs/generation_metrics.jsonl`.
+- `complete()` answers a whole conversation a client sends (the `/v1` API, `cl_chat.api`):
+  used as sent (refused, not trimmed, when it does not fit), `model` picks the adapter per
+  request, and a resend of the same conversation by the same user is recorded as a retry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,15 +41,19 @@ from cl_assets.core.model import (
     GenerationStream,
     LoadedModel,
     ModelError,
+    StopStrings,
     load_base_model,
 )
 from cl_assets.core.registry import BASE_LABEL, Registry, RegistryError
+from cl_assets.core.snapshot import is_snapshot_id
 from cl_assets.core.store import Store
 from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
 KNOWLEDGE_FACTS = 8  # facts put into the system prompt with CL_KNOWLEDGE_IN_PROMPT
+#: Model names that mean "whatever the registry has deployed" (the page's adapter).
+DEPLOYED_ALIASES = ("cl", "deployed")
 
 
 class ChatError(ValueError):
@@ -54,6 +62,23 @@ class ChatError(ValueError):
 
 class MessageTooLongError(ChatError):
     """The message is longer than `CL_MAX_MESSAGE_CHARS`."""
+
+
+class UnknownModelError(ChatError):
+    """A `model` name that is neither an alias, the base model nor a registered adapter."""
+
+
+class ModelRefusedError(ChatError):
+    """A registered adapter that may not answer: tainted, or its files fail the registry's check."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A name `complete(model=...)` accepts, and what answers for it."""
+
+    id: str
+    adapter_id: str | None  # None: the base model (for an alias: what it names now)
+    created: datetime | None  # when the adapter was registered; None for aliases and the base
 
 
 @dataclass
@@ -94,17 +119,41 @@ class Turn:
     neither logged nor kept in the history.
     """
 
-    def __init__(self, engine: ChatEngine, session: ChatSession, prompt: str, stream: GenerationStream, adapter: str | None) -> None:
+    def __init__(
+        self,
+        engine: ChatEngine,
+        session: ChatSession | None,
+        prompt: str,
+        stream: GenerationStream,
+        adapter: str | None,
+        *,
+        source: str = "chat",
+        user_id: str | None = None,
+        interaction_id: str | None = None,
+        stop: Sequence[str] = (),
+        resend_is_retry: bool = False,
+    ) -> None:
+        """`session` None: a stateless turn (the API), logged with `user_id` and no session;
+        `interaction_id`: the id to log it under (the API's completion id, known up front);
+        `stop`: strings the answer is cut before; `resend_is_retry`: an earlier answer to the
+        same context by the same user gets implicit negative feedback once this one is logged."""
         self._engine = engine
         self.session = session
         self.prompt = prompt
         self._stream = stream
         self.adapter_id = adapter
         self.adapter_version = adapter or BASE_LABEL
+        self.source = source
+        self.user_id = session.user_id if session is not None else user_id
+        self.id = interaction_id or uuid.uuid4().hex  # explicit: two identical turns are still two interactions
+        self.stop = tuple(stop)
+        self.resend_is_retry = resend_is_retry
         self.text = ""
-        self.interaction_id: str | None = None
+        self.interaction_id: str | None = None  # `id` once the turn is logged
+        self.replaced_id: str | None = None  # the earlier answer a resend was recorded as a retry of
         self.log_error: str | None = None
         self._result: GenerationResult | None = None
+        self._cancelled = False
         self.started_at = datetime.now(UTC)
 
     @property
@@ -126,21 +175,37 @@ class Turn:
         return self._run()
 
     def cancel(self) -> None:
-        """Stop generating at the next token (the turn is then not logged)."""
+        """Stop generating at the next token (the turn is then not logged). Thread-safe."""
+        self._cancelled = True
         self._stream.cancel()
 
     def _run(self) -> Iterator[str]:
         pieces: list[str] = []
+        stops = StopStrings(self.stop) if self.stop else None
         deltas = iter(self._stream)
         try:
             for delta in deltas:
-                pieces.append(delta)
-                yield delta
+                if stops is not None:
+                    if stops.hit:
+                        continue  # what was generated before the scheduler saw the cancel
+                    delta, hit = stops.feed(delta)
+                    if hit:
+                        self._stream.cancel()  # a stop string ends the answer: generate no more
+                if delta:
+                    pieces.append(delta)
+                    yield delta
+            tail = stops.flush() if stops is not None and not stops.hit else ""
+            if tail:
+                pieces.append(tail)
+                yield tail
         finally:
             deltas.close()  # left early: stops the generation thread now, not at garbage collection
         self.text = "".join(pieces)
-        self._result = self._stream.result
-        if self._result.finish_reason != "cancelled":
+        result = self._stream.result
+        if stops is not None and stops.hit and not self._cancelled:
+            result = dataclasses.replace(result, text=self.text, finish_reason="stop")
+        self._result = result
+        if result.finish_reason != "cancelled":
             self._engine._finish(self)
 
     def consume(self) -> str:
@@ -255,6 +320,7 @@ class ChatEngine:
                 del self._loaded_sha[adapter_id]
                 if self._serving == adapter_id:
                     self._serving = None
+                    self._deployment_id = None  # reloaded by a request: follow the registry again next turn
         self.adapters.ensure_loaded(adapter_id, path, weights=AdapterWeights.from_files(files, path))
         self._loaded_sha[adapter_id] = sha
 
@@ -342,6 +408,90 @@ class ChatEngine:
         del session.exchanges[position:]
         return self.ask(session, replaced.prompt)
 
+    # -- the API: whole conversations, a model per request ------------------------------------
+
+    def models(self) -> list[ServedModel]:
+        """What `complete(model=...)` accepts: the aliases of the deployed adapter, the base
+        model, and every registered adapter that is not tainted."""
+        serving = self._serving
+        names = [ServedModel(alias, serving, None) for alias in DEPLOYED_ALIASES]
+        names.append(ServedModel(BASE_LABEL, None, None))
+        names += [ServedModel(a.id, a.id, a.created_at) for a in self.store.list_adapters() if not a.tainted]
+        return names
+
+    def resolve_model(self, name: str) -> str | None:
+        """The adapter that answers for `name` (None: the base model), loaded and ready.
+
+        `cl` / `deployed`: the registry's deployed adapter (followed now, as a page turn does);
+        `base` or the base model's folder name: the base; a snapshot id: that adapter, read and
+        checked against the registry's hash once per registered version (`Registry.read_verified`),
+        so the bytes that serve are the bytes that were checked. Raises `UnknownModelError` or
+        `ModelRefusedError` (tainted, tampered, missing or unloadable; details in the log only).
+        """
+        if name in DEPLOYED_ALIASES:
+            return self.refresh()
+        if name in (BASE_LABEL, self.model_version):
+            return None
+        registered = self.store.get_adapter(name) if is_snapshot_id(name) else None
+        if registered is None:
+            raise UnknownModelError("There is no such model; GET /v1/models lists the models you can use.")
+        if registered.tainted:
+            raise ModelRefusedError(f"Adapter {name} is tainted (trained on data that was erased) and may not answer.")
+        with self._swap_lock:
+            if self._loaded_sha.get(name) == registered.files_sha256 and name in self.adapters.loaded:
+                return name
+            try:
+                self._load(name)
+            except (RegistryError, ModelError, OSError, ValueError) as exc:
+                log.error("Adapter %s refused for a request: %s", name, exc)
+                raise ModelRefusedError(
+                    f"Adapter {name} may not answer: its files fail the registry's check or do not load (see the server log)."
+                ) from None
+        return name
+
+    def complete(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        model: str = DEPLOYED_ALIASES[0],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        user_id: str | None = None,
+        interaction_id: str | None = None,
+        source: str = "api",
+    ) -> Turn:
+        """Start answering a whole conversation sent by a client; iterate the returned turn.
+
+        `messages` (roles checked by the caller, the last one the user's) are used as sent: no
+        session history is added and nothing is trimmed, so a conversation that does not fit
+        raises `ContextLengthError` (dropping part of it would answer another conversation).
+        Without a system message the configured system prompt goes first, since the adapters
+        were trained under it. Defaults: `CL_MAX_NEW_TOKENS`, `CL_TEMPERATURE`, top_p 1.
+        With a `user_id`, sending the same conversation again counts as a retry of the
+        earlier answer (implicit negative feedback), as the page's retry button does.
+        """
+        if not messages or messages[-1].get("role") != "user":
+            raise ChatError("The last message must be the user's.")
+        prompt = self.check_message(messages[-1]["content"])
+        adapter = self.resolve_model(model)
+        sent = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if sent[0]["role"] != "system":
+            sent.insert(0, {"role": "system", "content": self.system_prompt()})
+        stream = self.adapters.stream_generate(
+            sent,
+            adapter,
+            max_new_tokens=max_tokens or self.settings.max_new_tokens,
+            temperature=self.settings.temperature if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=seed,
+            trim=False,
+        )
+        return Turn(self, None, prompt, stream, adapter, source=source, user_id=user_id,
+                    interaction_id=interaction_id, stop=stop, resend_is_retry=user_id is not None)  # fmt: skip
+
     def feedback(self, interaction_id: str, helpful: bool | None) -> int:
         """Record 👍 (True), 👎 (False) or a cleared rating (None); returns the event id."""
         return self.ingestor.record_feedback(interaction_id, helpful, kind="explicit")
@@ -360,19 +510,18 @@ class ChatEngine:
 
     def _finish(self, turn: Turn) -> None:
         result = turn.result
-        interaction_id = uuid.uuid4().hex  # explicit: two identical turns are still two interactions
         try:
-            self.ingestor.ingest_interaction(
-                id=interaction_id,
+            ingested = self.ingestor.ingest_interaction(
+                id=turn.id,
                 timestamp=turn.started_at,
-                session_id=turn.session.id,
-                user_id=turn.session.user_id,
+                session_id=turn.session.id if turn.session is not None else None,
+                user_id=turn.user_id,
                 prompt=turn.prompt,
                 response=turn.text,
                 # What the model was given before the prompt: the system prompt and the history
                 # as trimmed to fit, stored as the turn's context (sanitized by the ingestor).
                 context=turn.messages[:-1],
-                source="chat",
+                source=turn.source,
                 model_version=self.model_version,
                 adapter_version=turn.adapter_id,
                 latency_ms=result.latency_ms,
@@ -383,16 +532,21 @@ class ChatEngine:
             )
         except IngestError as exc:  # the message names fields and limits, never the text
             turn.log_error = f"This answer was not recorded: {exc}"
-            log.error("Turn of session %s not logged: %s", turn.session.id, exc)
+            log.error("Turn %s (%s) not logged: %s", turn.id, turn.source, exc)
         else:
-            turn.interaction_id = interaction_id
+            turn.interaction_id = ingested.id
+            if turn.resend_is_retry and ingested.context_id is not None:
+                turn.replaced_id = self.store.latest_answer_to(ingested.context_id, excluding=ingested.id)
+                if turn.replaced_id is not None:  # the same user sent the same conversation again
+                    self.ingestor.record_feedback(turn.replaced_id, False, kind="regenerate")
         self._write_metrics(turn, result)
-        turn.session.exchanges.append(Exchange(turn.prompt, turn.text, turn.interaction_id, turn.adapter_version))
+        if turn.session is not None:
+            turn.session.exchanges.append(Exchange(turn.prompt, turn.text, turn.interaction_id, turn.adapter_version))
 
     def _write_metrics(self, turn: Turn, result: GenerationResult) -> None:
         line = {
             "time": datetime.now(UTC).isoformat(),
-            "source": "chat",
+            "source": turn.source,
             "interaction_id": turn.interaction_id,
             "model_version": self.model_version,
             "adapter_version": turn.adapter_version,
@@ -411,4 +565,16 @@ class ChatEngine:
                 fh.write(json.dumps(line, sort_keys=True) + "\n")
 
 
-__all__ = ["BASE_LABEL", "ChatEngine", "ChatError", "ChatSession", "Exchange", "MessageTooLongError", "Turn"]
+__all__ = [
+    "BASE_LABEL",
+    "DEPLOYED_ALIASES",
+    "ChatEngine",
+    "ChatError",
+    "ChatSession",
+    "Exchange",
+    "MessageTooLongError",
+    "ModelRefusedError",
+    "ServedModel",
+    "Turn",
+    "UnknownModelError",
+]

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
@@ -118,8 +118,13 @@ class ImportReport:
 
 def describe_validation_error(exc: ValidationError) -> str:
     """Field names and rules only: pydantic's own text would echo the (possibly PII) input."""
+    return describe_errors(exc.errors(include_input=False, include_url=False))
+
+
+def describe_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """pydantic's error dicts (also FastAPI's) as "field: rule; ...", never their input."""
     parts = []
-    for err in exc.errors(include_input=False, include_url=False):
+    for err in errors:
         loc = ".".join(str(p) for p in err["loc"]) or "line"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
