@@ -345,7 +345,7 @@ def demo(deploy: Annotated[bool, typer.Option(help="Deploy the adapter if it pas
 
 @app.command()
 def chat(
-    web: Annotated[bool, typer.Option("--web", help="Serve the Gradio app instead of the terminal chat.")] = False,
+    web: Annotated[bool, typer.Option("--web", help="Serve the Gradio app and the OpenAI-compatible API (/v1) instead of the terminal chat.")] = False,
     host: Annotated[str | None, typer.Option(help="Address for --web (default CL_CHAT_HOST, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port for --web (default CL_CHAT_PORT, 7860).")] = None,
 ) -> None:

@@ -74,7 +74,7 @@ def _with_ratings(history: History, session: ChatSession) -> gr.Chatbot:
 
 
 def build_app(engine: ChatEngine) -> gr.Blocks:
-    """The Blocks app; call `.queue()` and `.launch()` on it, or use `launch()`."""
+    """The Blocks app; `cl_chat.server.launch` serves it (with the API beside it)."""
     metrics_lock = threading.Lock()  # write_quality_metrics rewrites the same PNG files
 
     def respond(message: str, history: History, session: ChatSession | None, request: gr.Request):
@@ -199,25 +199,3 @@ def parse_auth(settings: Settings) -> tuple[str, str] | None:
         raise ValueError("CL_CHAT_AUTH must look like `user:password` (both non-empty).")
     return user, password
 
-
-def launch(
-    engine: ChatEngine, settings: Settings, host: str | None = None, port: int | None = None, *, block: bool = True
-) -> gr.Blocks:
-    """Serve the app on `host:port` (default: CL_CHAT_HOST, 127.0.0.1, and CL_CHAT_PORT).
-
-    The queue is on, so several people can chat at once; `block=False` returns right after
-    the server started (tests, scripts) and `demo.close()` stops it.
-    """
-    demo = build_app(engine)
-    demo.queue()
-    demo.launch(
-        server_name=host or settings.chat_host,
-        server_port=port or settings.chat_port,
-        auth=parse_auth(settings),
-        prevent_thread_lock=not block,
-        show_error=True,
-        inbrowser=False,
-        ssr_mode=False,
-        quiet=not block,
-    )
-    return demo

@@ -20,7 +20,7 @@ from playwright.sync_api import expect, sync_playwright
 from cl_assets.core.ingest import Ingestor
 from cl_assets.core.model import ensure_base_model
 from cl_assets.settings import EMBEDDED_BASE_MODEL, Settings
-from cl_chat.app import launch
+from cl_chat.server import launch
 from cl_chat.engine import ChatEngine
 
 REPO = Path(__file__).resolve().parents[1]

@@ -174,3 +174,11 @@ def test_ingest_json_report(cl_env: Path) -> None:
     [one] = report["files"]
     assert (one["lines"], one["accepted"], one["quarantined"]) == (2, 1, 1)
     assert one["pii_counts"] == {"EMAIL": 1} and report["interactions_in_store"] == 1
+
+
+def test_chat_web_refuses_a_blank_api_key_before_loading_the_model(cl_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CL_API_KEY", " ")
+    monkeypatch.setenv("CL_BASE_MODEL", str(cl_env / "no-such-model"))  # never reached
+    result = runner.invoke(app, ["chat", "--web"])
+    assert result.exit_code == 1
+    assert "error: CL_API_KEY is set but empty" in result.output + (result.stderr or "")

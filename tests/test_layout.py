@@ -35,6 +35,20 @@ def test_domain_code_imports_neither_dagster_nor_gradio() -> None:
     assert heavy == "[]"
 
 
+WEB = {"dagster", "gradio", "fastapi", "starlette", "uvicorn"}
+
+
+def test_the_chat_engine_and_the_api_contract_import_no_web_framework() -> None:
+    """The engine and `cl_chat.completions` hold the chat's and the API's rules; only
+    `cl_chat.app`, `cl_chat.api` and `cl_chat.server` may bring Gradio, FastAPI or uvicorn."""
+    probe = (
+        "import sys, cl_chat.engine, cl_chat.completions; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sorted(WEB)!r}))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     missing = [name for name in Settings.model_fields if f"`CL_{name.upper()}`" not in readme]

@@ -50,7 +50,7 @@ def chromium() -> Path:
 @pytest.fixture
 def served(tmp_path: Path, smollm2_dir: Path) -> Iterator[tuple[str, Any, Settings]]:
     """The app on a free 127.0.0.1 port, in this process (Gradio's server thread)."""
-    from cl_chat.app import launch
+    from cl_chat.server import launch
     from cl_chat.engine import ChatEngine
 
     settings = make_settings(tmp_path, max_new_tokens=32)

@@ -47,7 +47,7 @@ def _status(url: str, opener: Any = None) -> int:
 @pytest.fixture
 def serve_chat(tiny_model_dir: Path) -> Iterator[Any]:
     """Start the real Gradio chat with `settings` (in this process); closed afterwards."""
-    from cl_chat.app import launch
+    from cl_chat.server import launch
     from cl_chat.engine import ChatEngine
 
     demos = []
