@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cl_assets.core.registry import adapter_dir, files_sha256
 from cl_assets.core.store import Store
@@ -32,3 +36,23 @@ def register_adapter(settings: Settings, store: Store, sid: str, *, passed: bool
         gate_reason=None if passed else "accuracy 0.1 below deployed 0.5",
     )
     return target
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1 (for servers a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy (returned), or fail after `timeout` s.
+    A guard against hanging, not a timing assertion: pick it generously."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+

@@ -4,7 +4,6 @@ with `CL_CHAT_AUTH` nothing of the chat but its login page answers without loggi
 from __future__ import annotations
 
 import http.cookiejar
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,12 +15,7 @@ import pytest
 
 from cl_assets.settings import Settings
 from tests.conftest import make_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def _listening_addresses(port: int) -> set[str]:
@@ -53,7 +47,7 @@ def serve_chat(tiny_model_dir: Path) -> Iterator[Any]:
     demos = []
 
     def start(settings: Settings) -> int:
-        port = _free_port()
+        port = free_port()
         demos.append(launch(ChatEngine(settings, model=tiny_model_dir), settings, port=port, block=False))
         return port
 
