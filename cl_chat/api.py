@@ -173,7 +173,7 @@ async def _stream(turn: Turn, include_usage: bool) -> AsyncIterator[str]:
         result = turn.result
         yield oa.event(oa.chunk(turn, created, {}, finish_reason=result.finish_reason, with_usage=include_usage))
         if include_usage:
-            yield oa.event(oa.chunk(turn, created, None, usage_=oa.usage(result), with_usage=True))
+            yield oa.event(oa.chunk(turn, created, None, counts=oa.usage(result), with_usage=True))
     except Exception as exc:  # noqa: BLE001 - after the response started an error can only be an event
         finished = True
         log.error("Streamed completion %s failed: %s", turn.id, type(exc).__name__)

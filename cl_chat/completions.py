@@ -244,12 +244,12 @@ def completion(turn: Turn, created: int) -> dict[str, Any]:
 
 
 def chunk(turn: Turn, created: int, delta: Mapping[str, Any] | None, *, finish_reason: str | None = None,
-          usage_: dict[str, int] | None = None, with_usage: bool = False) -> dict[str, Any]:  # fmt: skip
+          counts: dict[str, int] | None = None, with_usage: bool = False) -> dict[str, Any]:  # fmt: skip
     """A `chat.completion.chunk`: `delta` None makes the usage chunk (no choices)."""
     body: dict[str, Any] = {"id": turn.id, "object": "chat.completion.chunk", "created": created, "model": turn.adapter_version}
     body["choices"] = [] if delta is None else [{"index": 0, "delta": dict(delta), "logprobs": None, "finish_reason": finish_reason}]
     if with_usage:  # as OpenAI: every chunk carries `usage` (null) once the client asked for it
-        body["usage"] = usage_
+        body["usage"] = counts
     return body
 
 

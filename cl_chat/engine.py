@@ -132,11 +132,14 @@ class Turn:
         interaction_id: str | None = None,
         stop: Sequence[str] = (),
         resend_is_retry: bool = False,
+        client_history: bool = False,
     ) -> None:
         """`session` None: a stateless turn (the API), logged with `user_id` and no session;
         `interaction_id`: the id to log it under (the API's completion id, known up front);
         `stop`: strings the answer is cut before; `resend_is_retry`: an earlier answer to the
-        same context by the same user gets implicit negative feedback once this one is logged."""
+        same context by the same user gets implicit negative feedback once this one is logged;
+        `client_history`: the assistant messages before the prompt were written by a client, not
+        known to be the model's, so they are stored as context only (weight 0, never trained on)."""
         self._engine = engine
         self.session = session
         self.prompt = prompt
@@ -148,6 +151,7 @@ class Turn:
         self.id = interaction_id or uuid.uuid4().hex  # explicit: two identical turns are still two interactions
         self.stop = tuple(stop)
         self.resend_is_retry = resend_is_retry
+        self.client_history = client_history
         self.text = ""
         self.interaction_id: str | None = None  # `id` once the turn is logged
         self.replaced_id: str | None = None  # the earlier answer a resend was recorded as a retry of
@@ -471,7 +475,9 @@ class ChatEngine:
         Without a system message the configured system prompt goes first, since the adapters
         were trained under it. Defaults: `CL_MAX_NEW_TOKENS`, `CL_TEMPERATURE`, top_p 1.
         With a `user_id`, sending the same conversation again counts as a retry of the
-        earlier answer (implicit negative feedback), as the page's retry button does.
+        earlier answer (implicit negative feedback), as the page's retry button does. The
+        assistant messages sent are stored as context only (weight 0): anyone can write one,
+        and an answer CL really gave is an interaction of its own, trained on as such.
         """
         if not messages or messages[-1].get("role") != "user":
             raise ChatError("The last message must be the user's.")
@@ -489,8 +495,8 @@ class ChatEngine:
             seed=seed,
             trim=False,
         )
-        return Turn(self, None, prompt, stream, adapter, source=source, user_id=user_id,
-                    interaction_id=interaction_id, stop=stop, resend_is_retry=user_id is not None)  # fmt: skip
+        return Turn(self, None, prompt, stream, adapter, source=source, user_id=user_id, interaction_id=interaction_id,
+                    stop=stop, resend_is_retry=user_id is not None, client_history=True)  # fmt: skip
 
     def feedback(self, interaction_id: str, helpful: bool | None) -> int:
         """Record 👍 (True), 👎 (False) or a cleared rating (None); returns the event id."""
@@ -510,6 +516,9 @@ class ChatEngine:
 
     def _finish(self, turn: Turn) -> None:
         result = turn.result
+        context = turn.messages[:-1]
+        if turn.client_history:
+            context = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in context]
         try:
             ingested = self.ingestor.ingest_interaction(
                 id=turn.id,
@@ -520,7 +529,7 @@ class ChatEngine:
                 response=turn.text,
                 # What the model was given before the prompt: the system prompt and the history
                 # as trimmed to fit, stored as the turn's context (sanitized by the ingestor).
-                context=turn.messages[:-1],
+                context=context,
                 source=turn.source,
                 model_version=self.model_version,
                 adapter_version=turn.adapter_id,

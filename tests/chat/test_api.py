@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,29 +22,13 @@ from cl_assets.core.store import FeedbackEvent, Store
 from cl_assets.settings import Settings
 from cl_chat.engine import ChatEngine
 from tests.conftest import make_settings
-from tests.helpers import register_adapter
+from tests.helpers import free_port, register_adapter, wait_for
 
 A, B = "20261120_101500", "20261121_093000"  # registered; A deployed
 TAINTED, TAMPERED = "20261122_080000", "20261123_080000"
 SYSTEM = "You are a test assistant."
 MARKER = "zq-marker-7731"  # text of a request that must never come back in an error or a log line
 MAX_BODY = 64_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass
@@ -139,7 +122,7 @@ def test_a_completion_is_logged_sanitized_with_its_context_and_usage(api: Api, c
     assert api.store.conversation(answer.id)[:-1] == [
         {"role": "system", "content": SYSTEM},  # none was sent: the configured one went first
         {"role": "user", "content": "Hi, I am [EMAIL]."},
-        {"role": "assistant", "content": "Hello! Call me on [PHONE] if needed."},
+        {"role": "assistant", "content": "Hello! Call me on [PHONE] if needed.", "weight": 0},  # context only
         {"role": "user", "content": row.prompt},
     ]
     assert {"EMAIL", "PHONE", "CREDIT_CARD"} <= set(row.pii_types)
