@@ -19,9 +19,13 @@ and deployed through the registry, as a training cycle would:
   a `PeftModel` holding A, default attention), transformers with eager attention, and
   llama.cpp (`llama_cpp.Llama` on the same GGUF file, `n_threads=2`, base model, Q4_1) when
   `llama-cpp-python` is installed;
-- *concurrency*: 1, 4 and 8 clients (threads) asking `ChatEngine` at once, with continuous
-  batching on and off (`CL_CHAT_BATCHING`), measured in turns in the same run: median TTFT
-  and aggregate tokens/s (all completion tokens / wall time);
+- *concurrency*: 1, 4 and 8 clients (threads of another process, each with its own
+  `openai.OpenAI` client, so parsing their chunks does not share the server's interpreter)
+  streaming answers from the OpenAI-compatible API at once, as people's programs would: the
+  real server (`cl_chat.server.launch`, uvicorn on 127.0.0.1) over a `ChatEngine` with
+  continuous batching on, and another with it off (`CL_CHAT_BATCHING`), measured in turns in
+  the same run: median TTFT (request sent to the first text chunk) and aggregate tokens/s (all
+  completion tokens, from each answer's `usage`, / wall time);
 - *training beside* (size full, or `--training-beside`): TTFT of one client while a process
   does real LoRA steps on the same base model, at nice 0 and at CL's nice 10.
 
@@ -31,6 +35,7 @@ batched aggregate ≥ 2.5× one-at-a-time at 8 clients.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -113,18 +118,50 @@ while True:
 """
 
 
-def concurrent(engine: Any, clients: int, prompts: list[str]) -> dict[str, float]:
-    """`clients` threads ask at once (one prompt each); median TTFT and aggregate tokens/s."""
+def serve_api(engine: Any, settings: Any) -> tuple[Any, str]:
+    """The chat server (page + `/v1`) over `engine` on a free 127.0.0.1 port, in this process."""
+    import socket
+
+    from cl_chat.server import launch
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return launch(engine, settings, "127.0.0.1", port, block=False), f"http://127.0.0.1:{port}/v1"
+
+
+# `concurrent` in a process of its own: the clients are other programs, not threads of the server.
+_CLIENTS = ("import json, sys; sys.path.insert(0, 'bench'); from chat import concurrent; "
+            "print(json.dumps(concurrent(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]))))")
+
+
+def clients_process(url: str, clients: int, prompts: list[str]) -> dict[str, float]:
+    return common.run_json_subprocess(["-c", _CLIENTS, url, str(clients), json.dumps(prompts)], timeout=3_600)
+
+
+def concurrent(url: str, clients: int, prompts: list[str]) -> dict[str, float]:
+    """`clients` threads, each with its own openai client, stream an answer at once (one prompt
+    each); median TTFT (request to the first text chunk) and aggregate tokens/s."""
     import threading
 
+    import openai
+
     barrier = threading.Barrier(clients + 1)
-    results: list[Any] = [None] * clients
+    results: list[tuple[float, int]] = [(0.0, 0)] * clients
 
     def client(i: int) -> None:
-        turn = engine.ask(engine.new_session(), prompts[i % len(prompts)])
+        api = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=600)
         barrier.wait()
-        turn.consume()
-        results[i] = turn.result
+        sent = time.perf_counter()
+        first, tokens = None, 0
+        stream = api.chat.completions.create(model="cl", messages=[{"role": "user", "content": prompts[i % len(prompts)]}],
+                                             stream=True, stream_options={"include_usage": True})  # fmt: skip
+        for chunk in stream:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
+                first = time.perf_counter()
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+        results[i] = (((first or time.perf_counter()) - sent) * 1000, tokens)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -134,8 +171,8 @@ def concurrent(engine: Any, clients: int, prompts: list[str]) -> dict[str, float
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    tokens = sum(r.completion_tokens for r in results)
-    return {"ttft_ms": median([r.ttft_ms for r in results]), "aggregate_tokens_per_s": tokens / wall,
+    tokens = sum(n for _, n in results)
+    return {"ttft_ms": median([ms for ms, _ in results]), "aggregate_tokens_per_s": tokens / wall,
             "completion_tokens": tokens, "wall_s": wall}  # fmt: skip
 
 
@@ -187,13 +224,13 @@ def ttft_beside_training(engine: Any, model_dir: Path, prompts: list[str]) -> di
     import subprocess
     import sys
 
-    figures = {"alone": median([concurrent(engine, 1, [p])["ttft_ms"] for p in prompts])}
+    figures = {"alone": generate_in_state(engine, prompts)["ttft_ms"]}
     for nice in (0, 10):
         proc = subprocess.Popen([sys.executable, "-c", _TRAINER, str(model_dir), str(nice)], cwd=REPO,
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            figures[f"training at nice {nice}"] = median([concurrent(engine, 1, [p])["ttft_ms"] for p in prompts])
+            figures[f"training at nice {nice}"] = generate_in_state(engine, prompts)["ttft_ms"]
         finally:
             proc.kill()
             proc.wait()
@@ -320,15 +357,23 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
         if cpp is not None:
             one_stream["llama.cpp (`llama_cpp.Llama`, same GGUF, Q4_1, base only, 2 threads)"] = cpp
 
-        # Concurrent clients, batched and one at a time, in turns (same run, same adapter A).
+        # Concurrent API clients, batched and one at a time, in turns (same run, same adapter A):
+        # one server over each engine, both in this process, only one asked at a time.
         serial_settings = settings.model_copy(update={"chat_batching": False})
         serial = ChatEngine(serial_settings, store=store)
         assert serial.adapter_id == a
-        concurrent(engine, 1, PROMPTS)  # warm-up
-        concurrent(serial, 1, PROMPTS)
-        clients: dict[int, dict[str, dict[str, float]]] = {}
-        for n in cfg["clients"]:
-            clients[n] = {"batched": concurrent(engine, n, PROMPTS), "one at a time": concurrent(serial, n, PROMPTS)}
+        batched_server, batched_url = serve_api(engine, settings)
+        serial_server, serial_url = serve_api(serial, serial_settings)
+        try:
+            clients_process(batched_url, 1, PROMPTS)  # warm-up
+            clients_process(serial_url, 1, PROMPTS)
+            clients: dict[int, dict[str, dict[str, float]]] = {}
+            for n in cfg["clients"]:
+                clients[n] = {"batched": clients_process(batched_url, n, PROMPTS),
+                              "one at a time": clients_process(serial_url, n, PROMPTS)}  # fmt: skip
+        finally:
+            batched_server.close()
+            serial_server.close()
         del serial
         beside = ttft_beside_training(engine, model_dir, PROMPTS[:3]) if (cfg["beside"] or training_beside) else None
         store.close()
@@ -362,7 +407,7 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
                        f"{len(stream_prompts)} prompts)", ["path", "tokens/s", "CL ÷ this"])  # fmt: skip
     for path_label, m in one_stream.items():
         one.add(path_label, m["tokens_per_s"], f"{cl_tps / m['tokens_per_s']:.2f}×")
-    conc = result.table("Concurrent clients through `ChatEngine` (threads, adapter A, greedy)",
+    conc = result.table("Concurrent clients through the OpenAI-compatible API (openai streaming clients, adapter A, greedy)",
                         ["clients", "mode", "median TTFT ms", "aggregate tokens/s", "batched ÷ one at a time"])  # fmt: skip
     for n, modes in clients.items():
         gain = modes["batched"]["aggregate_tokens_per_s"] / modes["one at a time"]["aggregate_tokens_per_s"]
