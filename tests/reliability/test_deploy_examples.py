@@ -46,16 +46,17 @@ def test_helm_values_launch_runs_on_kubernetes_with_postgres_and_the_shared_volu
     objects = {doc["metadata"]["name"]: doc for doc in _docs(DEPLOY / "k8s" / "cl.yaml")}
     assert objects["cl-data"]["spec"]["accessModes"] == ["ReadWriteMany"]
     assert objects["cl-config"]["data"]["CL_DATA_DIR"].startswith("/data/")
-    assert {"CL_DATABASE_URL", "CL_USER_HASH_SALT", "CL_CHAT_AUTH"} <= set(objects["cl-secrets"]["stringData"])
+    assert {"CL_DATABASE_URL", "CL_USER_HASH_SALT", "CL_CHAT_AUTH", "CL_API_KEY"} <= set(objects["cl-secrets"]["stringData"])
     assert objects["cl-secrets"]["stringData"]["CL_DATABASE_URL"].startswith("postgresql+psycopg://")
 
 
-def test_the_chat_listens_beyond_loopback_only_with_its_login_and_behind_tls() -> None:
+def test_the_chat_listens_beyond_loopback_only_with_its_login_its_api_key_and_behind_tls() -> None:
     docs = {doc["kind"]: doc for doc in _docs(DEPLOY / "k8s" / "chat.yaml")}
     (container,) = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["CL_CHAT_HOST"]["value"] == "0.0.0.0"
     assert env["CL_CHAT_AUTH"]["valueFrom"]["secretKeyRef"] == {"name": "cl-secrets", "key": "CL_CHAT_AUTH"}
+    assert env["CL_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "cl-secrets", "key": "CL_API_KEY"}
     assert docs["Service"]["spec"]["type"] == "ClusterIP" and docs["Ingress"]["spec"]["tls"]
 
 
