@@ -192,10 +192,16 @@ async def _whole(turn: Turn, request: Request) -> None:
             pass
         turn.cancel()
 
+    failure: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
-        await anyio.to_thread.run_sync(turn.consume)
+        try:
+            await anyio.to_thread.run_sync(turn.consume)
+        except Exception as exc:  # noqa: BLE001 - re-raised below, not wrapped in an ExceptionGroup
+            failure = exc
         group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
 
 
 def build_api(engine: ChatEngine, settings: Settings) -> FastAPI:

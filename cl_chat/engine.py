@@ -417,7 +417,7 @@ class ChatEngine:
     def models(self) -> list[ServedModel]:
         """What `complete(model=...)` accepts: the aliases of the deployed adapter, the base
         model, and every registered adapter that is not tainted."""
-        serving = self._serving
+        serving = self.refresh()  # what the aliases name now (one indexed query when unchanged)
         names = [ServedModel(alias, serving, None) for alias in DEPLOYED_ALIASES]
         names.append(ServedModel(BASE_LABEL, None, None))
         names += [ServedModel(a.id, a.id, a.created_at) for a in self.store.list_adapters() if not a.tainted]

@@ -438,7 +438,9 @@ def test_smollm2_answers_through_the_api_and_the_page_shares_the_port(tmp_path: 
     served, root, engine = serve(settings, smollm2_dir)
     try:
         client = openai.OpenAI(base_url=f"{root}/v1", api_key="unused", max_retries=0, timeout=600)
-        question = [{"role": "user", "content": "What is the capital of France?"}]
+        # SmolLM2's own system prompt (the shop's default one makes the untrained base ramble).
+        question = [{"role": "system", "content": "You are a helpful AI assistant named SmolLM, trained by Hugging Face"},
+                    {"role": "user", "content": "What is the capital of France?"}]  # fmt: skip
         whole = client.chat.completions.create(model="cl", messages=question)
         assert "Paris" in whole.choices[0].message.content
         streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
