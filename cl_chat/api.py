@@ -111,9 +111,9 @@ class ApiGuard:
         try:
             await self.app(scope, replay, tracked)
         except Exception as exc:  # noqa: BLE001 - answered in OpenAI's shape; logged without its text
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("%s %s failed: %s at %s:%s", scope.get("method"), scope.get("path"), type(exc).__name__,
-                      where.filename, where.lineno)  # fmt: skip
+            frames = traceback.extract_tb(exc.__traceback__)
+            where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+            log.error("%s %s failed: %s at %s", scope.get("method"), scope.get("path"), type(exc).__name__, where)
             if not started:
                 error = oa.ApiError(500, "The server failed to answer this request (see its log).", type="server_error")
                 await _error_response(error)(scope, replay, send)
