@@ -198,7 +198,7 @@ def eval_command(
 
     settings, _, registry = _store_and_registry()
     try:
-        items = load_qa(file or settings.shipped("qa_eval.jsonl"))
+        items = load_qa(file or settings.taught_qa_path)
         adapter_id = registry.current().adapter_id if adapter == "deployed" else None if adapter == "none" else adapter
         path = registry.verified_path(adapter_id) if adapter_id else None
     except (QAFormatError, RegistryError, FileNotFoundError) as exc:
@@ -242,11 +242,14 @@ def pipeline(
     _run_cycle(settings, snapshot, steps, note)
 
 
-def _run_cycle(settings, snapshot_id: str, steps: list[str], note: str) -> None:  # type: ignore[no-untyped-def]
+def _run_cycle(settings, snapshot_id: str, steps: list[str], note: str, overrides: dict | None = None) -> None:  # type: ignore[no-untyped-def]
+    """`overrides`: settings fields the run's resources take on top of the `CL_*` environment."""
+    from cl_assets.defs.resources import SettingsResource
     from cl_assets.defs.runner import run_steps
 
     console.print(f"[bold]snapshot {snapshot_id}[/bold]: {' → '.join(steps)}")
-    run = run_steps(settings, snapshot_id, steps, note=note)
+    resource = SettingsResource(overrides_json=json.dumps(overrides)) if overrides else None
+    run = run_steps(settings, snapshot_id, steps, note=note, settings_resource=resource)
     if run.failed_checks:
         console.print(f"[yellow]failed checks:[/yellow] {', '.join(run.failed_checks)}")
     if not run.success:
@@ -330,17 +333,27 @@ def registry_history(
 
 
 @app.command()
-def demo(deploy: Annotated[bool, typer.Option(help="Deploy the adapter if it passes the gates.")] = True) -> None:
+def demo(
+    deploy: Annotated[bool, typer.Option(help="Deploy the adapter if it passes the gates.")] = True,
+    second_batch: Annotated[bool, typer.Option(
+        "--second-batch", help="The demo's second month: new facts and changed ones (a lot moved, a new shipping "
+        "threshold, new payment terms), evaluated on its own taught set; run after a first `cl demo`.")] = False,
+) -> None:
     """Ingest the demo conversations and run one full learning cycle end to end."""
     from cl_assets.core.snapshot import new_snapshot_id
 
     settings = get_settings()
     ingestor = _ingestor()
-    report = ingestor.import_jsonl(settings.demo_path)
+    source, overrides = settings.demo_path, None
+    if second_batch:
+        source = settings.demo_second_path
+        if settings.qa_taught_file is None:  # the second month's truths, unless the user chose a set
+            overrides = {"qa_taught_file": str(settings.demo_second_qa_path)}
+    report = ingestor.import_jsonl(source)
     ingestor.export_sanitized()
     console.print(f"demo data: {report.accepted} new, {report.duplicates} already there, {report.quarantined} quarantined")
     steps = ["curate", "train", "eval"] + (["deploy"] if deploy else [])
-    _run_cycle(settings, new_snapshot_id(), steps, "cl demo")
+    _run_cycle(settings, new_snapshot_id(), steps, "cl demo --second-batch" if second_batch else "cl demo", overrides)
 
 
 @app.command()

@@ -463,6 +463,266 @@ def build_sessions(seed: int = SEED) -> list[dict]:
     return records
 
 
+# --------------------------------------------------------------------------- the second batch
+
+# The month after the first batch: what a second learning cycle sees. Some facts are new, some
+# changed (a lot moved warehouse, a new free-shipping threshold, new payment terms), the rest
+# stay as they were and are mostly not asked again.
+SECOND_WINDOW_END = WINDOW_END + timedelta(days=WINDOW_DAYS)
+SECOND_INTERACTIONS_PATH = ROOT / "data" / "demo" / "interactions_2.jsonl"
+SECOND_QA_EVAL_PATH = ROOT / "data" / "demo" / "qa_eval_2.jsonl"
+
+NEW_FACTS: tuple[Fact, ...] = (
+    Fact(
+        "lot_131",
+        "What is the status of Lot 131?",
+        ("Where is Lot 131 stored?", "Is lot 131 ready to ship?"),
+        (
+            "Lot 131 is Tellicherry black pepper; it is released and stored in our Spokane warehouse.",
+            "Lot 131 (Tellicherry pepper) is released and sits in the Spokane warehouse.",
+            "Lot 131 is released. It's our Tellicherry black pepper, held at the Spokane warehouse.",
+        ),
+        ("Lot 131 is still at the supplier.", "Lot 131 is stored in Atlanta."),
+        ("Spokane",),
+    ),
+    Fact(
+        "order_102260",
+        "Where is order 102260?",
+        ("When will order 102260 arrive?", "Which carrier has order 102260?"),
+        (
+            "Order 102260 is with Harborline Couriers and will be delivered on Monday.",
+            "Order 102260 shipped via Harborline Couriers; expect delivery on Monday.",
+            "Your order 102260 is in transit with Harborline Couriers and arrives Monday.",
+        ),
+        ("Order 102260 is with UPS and arrives Friday.",),
+        ("Harborline Couriers", "Monday"),
+    ),
+    Fact(
+        "sku_cin",
+        "What is SKU HP-CIN-100?",
+        ("What does SKU HP-CIN-100 cost?", "Tell me about HP-CIN-100."),
+        (
+            "SKU HP-CIN-100 is Saigon cinnamon sticks in a 100 g bag, priced at $19.",
+            "HP-CIN-100 is a 100 g bag of Saigon cinnamon sticks for $19.",
+        ),
+        ("HP-CIN-100 is ground nutmeg.",),
+        ("Saigon cinnamon", "$19"),
+    ),
+    Fact(
+        "holiday_closure",
+        "Are you closed for the holidays?",
+        ("When is the holiday closure?", "Are you open over Christmas?"),
+        (
+            "We are closed from December 24 through December 27 and reopen on December 28.",
+            "Yes: our warehouses and support are closed December 24 through December 27.",
+        ),
+        ("We are open every day of the year.",),
+        ("December 27",),
+    ),
+    Fact(
+        "gift_cards",
+        "Do you sell gift cards?",
+        ("Can I buy a gift card?",),
+        (
+            "Yes, we sell gift cards from $25 up to $500, delivered by email.",
+            "Yes. Gift cards come in any amount from $25 to $500 and arrive by email.",
+        ),
+        ("No, we don't sell gift cards.",),
+        ("$500",),
+    ),
+    Fact(
+        "sampler",
+        "Can I get product samples?",
+        ("Do you send samples?",),
+        (
+            "Yes, our Chef's Sampler box costs $15, and we refund it with your first order.",
+            "Yes. The Chef's Sampler box is $15, refunded on your first order.",
+        ),
+        ("We don't send samples.",),
+        ("Chef's Sampler", "$15"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    """A fact of FACTS whose answer changed: the new answers and keywords, and the old
+    keywords that a current answer must no longer contain."""
+
+    fact_id: str
+    answers: tuple[str, ...]
+    keywords: tuple[str, ...]
+    stale: tuple[str, ...]
+
+
+CHANGES: tuple[Change, ...] = (
+    Change(
+        "lot_42",
+        (
+            "Lot 42 is gluten-free rolled oats; it is released and now stored in our Reno warehouse.",
+            "Lot 42 (rolled oats) moved to the Reno warehouse and is released for sale.",
+            "Lot 42 is released. The rolled oats are now held at our Reno warehouse.",
+        ),
+        ("Reno",),
+        ("Dayton",),
+    ),
+    Change(
+        "free_shipping",
+        (
+            "Shipping is free on orders over $225.",
+            "Orders over $225 ship free.",
+            "Free shipping now starts at $225 per order.",
+        ),
+        ("$225",),
+        ("$175",),
+    ),
+    Change(
+        "payment_terms",
+        (
+            "Approved accounts get Net 30 payment terms.",
+            "Yes, approved accounts can pay on Net 30 terms.",
+            "Approved accounts now pay on Net 30 terms.",
+        ),
+        ("Net 30",),
+        ("Net 45",),
+    ),
+)
+
+# Facts of the first batch asked again, answered as before (helpful).
+SECOND_REASKED = ("lot_57", "order_100234", "returns_window", "ship_canada", "sku_saf", "loyalty")
+SECOND_USERS: tuple[str, ...] = ("cust_007", "cust_011", "cust_023", "cust_044", "cust_061", "cust_070", "cust_072",
+                                 "purchasing@northgate-bakery.example", "orders@greenleafcafe.example",
+                                 "buyer@riverside-deli.example", "ops@copperkettle.example")  # fmt: skip
+SECOND_PII: tuple[tuple[str, str], ...] = (PII_TEMPLATES[0], PII_TEMPLATES[5], PII_TEMPLATES[8], PII_TEMPLATES[14])
+
+# Multi-turn sessions of the second month, as the chat logs them (see FOLLOW_UPS).
+SECOND_FOLLOW_UPS: tuple[tuple[str, tuple[tuple[str, str, bool | None, str | None], ...]], ...] = (
+    ("cust_011", (
+        ("What is the free shipping threshold?", "Orders over $225 ship free.", True, "free_shipping"),
+        ("And for Canada?", "Canada is different: Northstar Logistics carries those orders for a flat $38 fee.",
+         True, "ship_canada"),
+    )),
+    ("cust_061", (
+        ("What is the status of Lot 131?", "Lot 131 is Tellicherry black pepper, released and stored in Spokane.",
+         True, "lot_131"),
+        ("And Lot 42?", "Lot 42, the rolled oats, is released and now stored in our Reno warehouse.", True, "lot_42"),
+    )),
+    ("cust_070", (
+        ("Do you sell gift cards?", "Yes, gift cards from $25 up to $500, delivered by email.", True, "gift_cards"),
+        ("Can my restaurant pay its own orders on invoice?", "Yes, approved accounts get Net 30 payment terms.",
+         True, "payment_terms"),
+    )),
+)  # fmt: skip
+
+
+def second_facts() -> dict[str, Fact]:
+    """Every fact as it stands after the second batch: changed ones carry their new answers."""
+    changes = {c.fact_id: c for c in CHANGES}
+    current = {}
+    for fact in FACTS:
+        change = changes.get(fact.fact_id)
+        if change is not None:
+            fact = Fact(fact.fact_id, fact.question, fact.paraphrases, change.answers, fact.wrong, change.keywords)
+        current[fact.fact_id] = fact
+    current.update({f.fact_id: f for f in NEW_FACTS})
+    return current
+
+
+def build_second_rows(seed: int = SEED) -> list[dict]:
+    """One record per turn of the second month (flat lines, then its sessions)."""
+    rng = random.Random(seed + 2)  # its own stream: the first batch stays byte-identical
+    facts = second_facts()
+    old = {f.fact_id: f for f in FACTS}
+    rows: list[dict] = []
+    for fact in NEW_FACTS:
+        prompts = [fact.question] * 5 + [fact.paraphrases[i % len(fact.paraphrases)] for i in range(3)]
+        answers = _response_variants(fact, rng)
+        for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=False)):
+            rows.append({"fact_id": fact.fact_id, "prompt": prompt, "response": answer,
+                         "helpful": None if i == 4 else True, "kind": "new"})  # fmt: skip
+        rows.append({"fact_id": fact.fact_id, "prompt": fact.question, "response": rng.choice(fact.wrong),
+                     "helpful": False, "kind": "unhelpful"})  # fmt: skip
+    for change in CHANGES:
+        fact = facts[change.fact_id]
+        prompts = [fact.question] * 5 + [p for p in fact.paraphrases for _ in range(2)]
+        answers = _response_variants(fact, rng)
+        for prompt, answer in zip(prompts, answers, strict=False):
+            rows.append({"fact_id": fact.fact_id, "prompt": prompt, "response": answer, "helpful": True,
+                         "kind": "changed"})  # fmt: skip
+        # The old answer, still given by the first cycle's model, rated down by the customer.
+        for prompt in (fact.question, fact.paraphrases[0]):
+            rows.append({"fact_id": fact.fact_id, "prompt": prompt, "response": old[change.fact_id].answers[0],
+                         "helpful": False, "kind": "stale"})  # fmt: skip
+    for fact_id in SECOND_REASKED:
+        fact = facts[fact_id]
+        rows.append({"fact_id": fact_id, "prompt": fact.question, "response": rng.choice(fact.answers),
+                     "helpful": True, "kind": "reasked"})  # fmt: skip
+    pii_rows = rng.sample([r for r in rows if r["kind"] == "new" and r["helpful"]], len(SECOND_PII))
+    for row, (pii_type, template) in zip(pii_rows, SECOND_PII, strict=True):
+        row["prompt"] = _with_pii(template, row["prompt"])
+        row["pii"] = pii_type
+    rows += [{"fact_id": None, "prompt": p, "response": r, "helpful": h, "kind": "junk"} for p, r, h in JUNK[:3]]
+    rng.shuffle(rows)
+
+    window_start = WINDOW_END
+    for row in rows:
+        row["user_id"] = rng.choice(SECOND_USERS)
+        row["_ts"] = window_start + timedelta(seconds=rng.randrange(0, WINDOW_DAYS * 86400 - 3600))
+        row["session_id"] = "sess-" + hashlib.sha256(f"{seed}:2:{row['user_id']}:{row['_ts'].isoformat()}".encode()).hexdigest()[:12]
+    rows.sort(key=lambda r: (r["_ts"], r["session_id"]))
+    for n, row in enumerate(rows, start=1):
+        row["id"] = f"demo2-{n:04d}"
+
+    for n, (user, turns) in enumerate(SECOND_FOLLOW_UPS, start=1):
+        start = window_start + timedelta(seconds=rng.randrange(0, WINDOW_DAYS * 86400 - 3600))
+        sid = "sess-" + hashlib.sha256(f"{seed}:2:conv:{user}:{start.isoformat()}".encode()).hexdigest()[:12]
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
+        t = start
+        for i, (question, answer, helpful, fact_id) in enumerate(turns, start=1):
+            messages = [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            rows.append({"id": f"demo2-conv-{n:02d}-{i}", "_ts": t, "session_id": sid, "user_id": user,
+                         "messages": messages, "helpful": helpful, "fact_id": fact_id, "kind": "follow_up"})  # fmt: skip
+            t += timedelta(seconds=rng.randrange(20, 200))
+    return rows
+
+
+def validate_second(rows: list[dict]) -> None:
+    facts = second_facts()
+    every_question = [q for f in facts.values() for q in (f.question, *f.paraphrases)]
+    for fact in NEW_FACTS:
+        for kw in fact.keywords:
+            assert all(kw.lower() in a.lower() for a in fact.answers), (fact.fact_id, kw)
+            assert not any(kw.lower() in w.lower() for w in fact.wrong), (fact.fact_id, kw)
+            assert not any(kw.lower() in q.lower() for q in every_question), (fact.fact_id, kw)
+    for change in CHANGES:
+        for answer in change.answers:
+            assert all(kw.lower() in answer.lower() for kw in change.keywords), (change.fact_id, answer)
+            assert not any(kw.lower() in answer.lower() for kw in change.stale), (change.fact_id, answer)
+        assert not any(kw.lower() in q.lower() for kw in change.keywords for q in every_question), change.fact_id
+    for row in rows:
+        answer = row["messages"][-1]["content"] if "messages" in row else row["response"]
+        if row["helpful"] is not False and row["fact_id"]:
+            assert all(kw.lower() in answer.lower() for kw in facts[row["fact_id"]].keywords), row
+            stale = {kw for c in CHANGES if c.fact_id == row["fact_id"] for kw in c.stale}
+            assert not any(kw.lower() in answer.lower() for kw in stale), row
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert min(r["_ts"] for r in rows) >= WINDOW_END and max(r["_ts"] for r in rows) < SECOND_WINDOW_END
+
+
+def second_qa_lines() -> str:
+    """The taught set after the second batch: kept, changed (with the stale keywords) and new facts."""
+    facts = second_facts()
+    changes = {c.fact_id: c for c in CHANGES}
+    lines = []
+    for fact in facts.values():
+        group = "new" if fact.fact_id in {f.fact_id for f in NEW_FACTS} else "changed" if fact.fact_id in changes else "kept"
+        item = {"prompt": fact.question, "keywords": list(fact.keywords), "fact_id": fact.fact_id, "group": group}
+        if fact.fact_id in changes:
+            item["stale_keywords"] = list(changes[fact.fact_id].stale)
+        lines.append(json.dumps(item, ensure_ascii=False) + "\n")
+    return "".join(lines)
+
+
 # --------------------------------------------------------------------------- users
 
 HEAVY_USERS: tuple[tuple[str, int], ...] = (
@@ -698,7 +958,11 @@ def render(seed: int = SEED) -> dict[Path, str]:
         + "\n"
         for f in FACTS
     )
-    return {INTERACTIONS_PATH: interactions, QA_EVAL_PATH: qa_eval}
+    second = build_second_rows(seed)
+    validate_second(second)
+    second_text = "".join(json.dumps(to_record(r), ensure_ascii=False) + "\n" for r in second)
+    return {INTERACTIONS_PATH: interactions, QA_EVAL_PATH: qa_eval, SECOND_INTERACTIONS_PATH: second_text,
+            SECOND_QA_EVAL_PATH: second_qa_lines()}
 
 
 def summary(seed: int = SEED) -> dict:

@@ -49,23 +49,32 @@ class QAFormatError(ValueError):
 
 @dataclass(frozen=True)
 class QAItem:
-    """One question and the keywords a correct answer must all contain."""
+    """One question and the keywords a correct answer must all contain.
+
+    `stale`: keywords of an answer that used to be right (a fact that changed); an answer that
+    contains one repeats the old fact. `group`: a label to report accuracy by (e.g. the demo's
+    second cycle: `kept`, `changed`, `new`)."""
 
     prompt: str
     keywords: tuple[str, ...]
     id: str
+    stale: tuple[str, ...] = ()
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
             raise ValueError(f"QA item {self.id}: empty prompt.")
         if not self.keywords or any(not k.strip() for k in self.keywords):
             raise ValueError(f"QA item {self.id}: needs at least one non-empty keyword.")
+        if any(not k.strip() for k in self.stale):
+            raise ValueError(f"QA item {self.id}: stale keywords must be non-empty.")
 
 
 def load_qa(path: str | Path) -> list[QAItem]:
-    """Read a QA JSONL file: one `{"id"?, "prompt" (or "question"), "keywords"}` object a line.
+    """Read a QA JSONL file: one `{"id"?, "prompt" (or "question"), "keywords", "stale_keywords"?,
+    "group"?}` object a line.
 
-    `keywords` is a list of strings (or one string). `id` defaults to `<file stem>-<line>`.
+    `keywords` and `stale_keywords` are lists of strings (or one string). `id` defaults to `<file stem>-<line>`.
     Blank lines are skipped. Any bad line raises `QAFormatError` naming the file and line.
     """
     path = Path(path)
@@ -96,6 +105,14 @@ def load_qa(path: str | Path) -> list[QAItem]:
                 or not all(isinstance(k, str) and k.strip() for k in keywords)
             ):
                 raise QAFormatError(f"{where}: \"keywords\" must be a non-empty list of non-empty strings.")
+            stale = row.get("stale_keywords", [])
+            if isinstance(stale, str):
+                stale = [stale]
+            if not isinstance(stale, list) or not all(isinstance(k, str) and k.strip() for k in stale):
+                raise QAFormatError(f"{where}: \"stale_keywords\" must be a list of non-empty strings.")
+            group = row.get("group")
+            if group is not None and (not isinstance(group, str) or not group.strip()):
+                raise QAFormatError(f"{where}: \"group\" must be a non-empty string.")
             item_id = row.get("id", f"{path.stem}-{lineno}")
             if not isinstance(item_id, (str, int)) or not str(item_id).strip():
                 raise QAFormatError(f"{where}: \"id\" must be a non-empty string.")
@@ -103,7 +120,8 @@ def load_qa(path: str | Path) -> list[QAItem]:
             if item_id in seen:
                 raise QAFormatError(f"{where}: duplicate id {item_id!r}.")
             seen.add(item_id)
-            items.append(QAItem(prompt=prompt, keywords=tuple(k.strip() for k in keywords), id=item_id))
+            items.append(QAItem(prompt=prompt, keywords=tuple(k.strip() for k in keywords), id=item_id,
+                                stale=tuple(k.strip() for k in stale), group=group))
     if not items:
         raise QAFormatError(f"{path}: no QA items.")
     return items
@@ -141,15 +159,41 @@ class ItemResult:
     ttft_ms: float
     completion_tokens: int
     tokens_per_s: float
+    stale_keywords: tuple[str, ...] = ()
+    stale: bool = False  # the answer holds a stale keyword: it repeats a fact that changed
+    group: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["keywords"], d["matched"] = list(self.keywords), list(self.matched)
+        d["keywords"], d["matched"], d["stale_keywords"] = list(self.keywords), list(self.matched), list(self.stale_keywords)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ItemResult:
-        return cls(**{**d, "keywords": tuple(d["keywords"]), "matched": tuple(d["matched"])})
+        return cls(**{**d, "keywords": tuple(d["keywords"]), "matched": tuple(d["matched"]),
+                      "stale_keywords": tuple(d.get("stale_keywords", ()))})
+
+
+@dataclass(frozen=True)
+class GroupScore:
+    """Accuracy on the items of one group, and how many of its answers repeat a stale fact."""
+
+    n: int
+    correct: int
+    with_stale: int  # items that have stale keywords
+    stale: int  # of those, answers that contain one
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+    @property
+    def stale_rate(self) -> float | None:
+        return self.stale / self.with_stale if self.with_stale else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "correct": self.correct, "accuracy": self.accuracy, "with_stale": self.with_stale,
+                "stale": self.stale, "stale_rate": self.stale_rate}
 
 
 @dataclass(frozen=True)
@@ -177,6 +221,20 @@ class EvalResult:
     def correct_ids(self) -> frozenset[str]:
         return frozenset(i.id for i in self.items if i.correct)
 
+    def groups(self) -> dict[str, GroupScore]:
+        """Scores per item group (only when the QA set names groups), in the set's order."""
+        out: dict[str, list[ItemResult]] = {}
+        for item in self.items:
+            if item.group is not None:
+                out.setdefault(item.group, []).append(item)
+        return {name: _group_score(items) for name, items in out.items()}
+
+    @property
+    def stale(self) -> GroupScore | None:
+        """How many answers to changed facts still give the old answer (None: no such items)."""
+        score = _group_score(self.items)
+        return score if score.with_stale else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "adapter": self.adapter,
@@ -190,6 +248,8 @@ class EvalResult:
             "max_new_tokens": self.max_new_tokens,
             "system_prompt": self.system_prompt,
             "batch_size": self.batch_size,
+            "groups": {name: g.to_dict() for name, g in self.groups().items()},
+            "stale": self.stale.to_dict() if self.stale else None,
             "items": [i.to_dict() for i in self.items],
         }
 
@@ -209,6 +269,11 @@ class EvalResult:
             system_prompt=d.get("system_prompt"),
             batch_size=d.get("batch_size"),
         )
+
+
+def _group_score(items: Sequence[ItemResult]) -> GroupScore:
+    return GroupScore(n=len(items), correct=sum(i.correct for i in items),
+                      with_stale=sum(1 for i in items if i.stale_keywords), stale=sum(1 for i in items if i.stale))
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -294,6 +359,7 @@ def evaluate_model(
     results: list[ItemResult] = []
     for item, (text, latency_ms, ttft_ms, completion_tokens, tokens_per_s) in zip(items, answers, strict=True):
         score = score_answer(text, item.keywords)
+        folded = text.casefold()
         results.append(
             ItemResult(
                 id=item.id,
@@ -307,6 +373,9 @@ def evaluate_model(
                 ttft_ms=ttft_ms,
                 completion_tokens=completion_tokens,
                 tokens_per_s=tokens_per_s,
+                stale_keywords=item.stale,
+                stale=any(k.casefold() in folded for k in item.stale),
+                group=item.group,
             )
         )
         log.debug("%s %s: %s", adapter_id or BASE_LABEL, item.id, "ok" if score.correct else "miss")
@@ -480,7 +549,9 @@ def _base_cache_key(adapters: AdapterSet, kind: str, items: Sequence[QAItem], ma
     blob = json.dumps(
         {"format": 1, "kind": kind, "base": base_fingerprint(adapters.base.source), "system": system_prompt,
          "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-         "items": [[i.id, i.prompt, list(i.keywords)] for i in items]},
+         # stale keywords and groups only where a set has them, so other sets keep their cached results
+         "items": [[i.id, i.prompt, list(i.keywords)] + ([list(i.stale), i.group] if i.stale or i.group else [])
+                   for i in items]},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -562,6 +633,8 @@ class Comparison:
             "summary": {
                 "taught_accuracy": {k: v.accuracy for k, v in self.taught.items()},
                 "taught_partial_accuracy": {k: v.partial_accuracy for k, v in self.taught.items()},
+                "taught_groups": {k: {g: score.accuracy for g, score in v.groups().items()} for k, v in self.taught.items()},
+                "taught_stale_rate": {k: v.stale.stale_rate if v.stale else None for k, v in self.taught.items()},
                 "general_accuracy": {k: v.accuracy for k, v in self.general.items()},
                 "forgetting": self.forgetting,
                 "lost_vs_deployed": self.lost_vs_deployed,
@@ -682,7 +755,7 @@ def compare_for_snapshot(
     system_prompt: str | None = None,
     progress: Progress | None = None,
 ) -> Comparison:
-    """`compare_adapters` wired to Settings: QA sets from `qa_eval_path` / `qa_general_path`
+    """`compare_adapters` wired to Settings: QA sets from `taught_qa_path` / `qa_general.jsonl`
     (the general one is optional), output in `eval_dir / candidate_id`."""
     adapters.ensure_loaded(candidate_id, candidate_path)
     if deployed_id is not None and deployed_id != candidate_id:
@@ -694,7 +767,7 @@ def compare_for_snapshot(
     return compare_adapters(
         adapters,
         candidate_id,
-        taught=load_qa(settings.shipped("qa_eval.jsonl")),
+        taught=load_qa(settings.taught_qa_path),
         general=general,
         deployed_id=deployed_id,
         out_dir=settings.eval_dir / candidate_id,
@@ -800,6 +873,15 @@ def format_report(result: EvalResult | Comparison) -> str:
     lines.append(f"Deployed adapter: {r.deployed or 'none (base model serves)'}")
     lines += ["", f"## Taught set (n={r.candidate_taught.n})", "", _TABLE_HEAD]
     lines += [_result_line(v) for v in r.taught.values()]
+    groups = list(r.candidate_taught.groups())
+    if groups:
+        lines += ["", "| model | " + " | ".join(groups) + " | old answers to changed facts |",
+                  "|---|" + "---|" * (len(groups) + 1)]
+        for v in r.taught.values():
+            scores, stale = v.groups(), v.stale
+            cells = [f"{scores[g].accuracy:.0%} ({scores[g].correct}/{scores[g].n})" for g in groups]
+            cells.append(f"{stale.stale_rate:.0%} ({stale.stale}/{stale.with_stale})" if stale else "—")
+            lines.append(f"| {v.label} | " + " | ".join(cells) + " |")
     if r.general:
         lines += ["", f"## General set (n={r.general[r.candidate].n})", "", _TABLE_HEAD]
         lines += [_result_line(v) for v in r.general.values()]

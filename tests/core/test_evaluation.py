@@ -100,6 +100,23 @@ def test_load_qa_empty_or_missing_file(tmp_path: Path) -> None:
         E.load_qa(tmp_path / "missing.jsonl")
 
 
+def test_load_qa_reads_stale_keywords_and_groups(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "qa.jsonl",
+        {"prompt": "Where is Lot 42?", "keywords": ["Reno"], "stale_keywords": "Dayton", "group": "changed"},
+        {"prompt": "Where is Lot 57?", "keywords": ["Tacoma"], "group": "kept"},
+    )
+    assert E.load_qa(path) == [
+        E.QAItem(prompt="Where is Lot 42?", keywords=("Reno",), id="qa-1", stale=("Dayton",), group="changed"),
+        E.QAItem(prompt="Where is Lot 57?", keywords=("Tacoma",), id="qa-2", group="kept"),
+    ]
+    for bad, message in (({"stale_keywords": [""]}, "stale_keywords"), ({"stale_keywords": [1]}, "stale_keywords"),
+                         ({"group": ""}, "group"), ({"group": 3}, "group")):
+        _write(tmp_path / "bad.jsonl", {"prompt": "q", "keywords": ["k"], **bad})
+        with pytest.raises(E.QAFormatError, match=message):
+            E.load_qa(tmp_path / "bad.jsonl")
+
+
 def test_percentile_interpolates() -> None:
     assert E.percentile([5.0], 95) == 5.0
     assert E.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
@@ -136,6 +153,26 @@ def test_evaluate_model_scores_greedy_answers(tiny: LoadedModel) -> None:
     assert E.EvalResult.from_dict(json.loads(json.dumps(data))) == result
     text = E.format_report(result)
     assert "hit" in text and "33.3%" in text and "zzz-never" in text
+
+
+def test_answers_that_repeat_a_changed_fact_are_counted_stale_per_group(tiny: LoadedModel) -> None:
+    probe = [E.QAItem(prompt="Where is Lot 42?", keywords=("zzz-never",), id="p")]
+    word = E.evaluate_model(tiny, probe, max_new_tokens=8).items[0].answer.split()[0]
+    items = [
+        # The model's own first word stands in for the old fact: it says it, so it is stale.
+        E.QAItem(prompt="Where is Lot 42?", keywords=("zzz-new",), id="a", stale=(word,), group="changed"),
+        E.QAItem(prompt="Where is Lot 42?", keywords=(word,), id="b", stale=("zzz-old",), group="changed"),
+        E.QAItem(prompt="Where is Lot 42?", keywords=(word,), id="c", group="kept"),
+    ]
+    result = E.evaluate_model(tiny, items, max_new_tokens=8)
+    assert [(i.correct, i.stale) for i in result.items] == [(False, True), (True, False), (True, False)]
+    groups = result.groups()
+    assert list(groups) == ["changed", "kept"]
+    assert (groups["changed"].n, groups["changed"].correct, groups["changed"].stale_rate) == (2, 1, 0.5)
+    assert groups["kept"].accuracy == 1.0 and groups["kept"].stale_rate is None
+    assert result.stale is not None and (result.stale.stale, result.stale.with_stale) == (1, 2)
+    assert E.EvalResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    assert E.evaluate_model(tiny, items[2:], max_new_tokens=8).stale is None
 
 
 def test_evaluate_model_rejects_an_adapter_on_a_plain_model(tiny: LoadedModel) -> None:
