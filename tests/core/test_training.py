@@ -204,9 +204,12 @@ def test_config_from_settings_and_cpu_conversions(tmp_path: Path) -> None:
         lora_alpha=8,
         train_max_length=256,
         seed=7,
+        anchor_loss="sft",
+        anchor_weight=2.5,
     )
     config = TrainConfig.from_settings(settings, max_steps=9)
     assert (config.mode, config.epochs, config.max_steps, config.batch_size) == ("kto", 2.5, 9, 3)
+    assert (config.anchor_loss, config.anchor_weight) == ("sft", 2.5)
     assert (config.learning_rate, config.lora_r, config.lora_alpha, config.max_length, config.seed) == (
         5e-4,
         4,
@@ -347,21 +350,91 @@ def test_same_seed_gives_the_same_loss(sft_run, sft_snapshot: Path, tiny_model_d
     assert [e["loss"] for e in second] == pytest.approx([e["loss"] for e in first], abs=1e-6)
 
 
-def test_anchor_rows_are_mixed_in_and_recorded(sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    anchor = write_jsonl(tmp_path / "anchor.jsonl", [
+def _anchor_file(path: Path, rows: int = 6) -> Path:
+    return write_jsonl(path, [
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"What is {n} + {n}?"},
-                      {"role": "assistant", "content": f"{n} + {n} is {2 * n}."}]} for n in range(6)
+                      {"role": "assistant", "content": f"{n} + {n} is {2 * n}."}]} for n in range(rows)
     ])
-    result = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "anchored", TrainConfig(max_steps=2, **TINY),
-                           anchor_path=anchor)
+
+
+def test_anchor_rows_mixed_in_as_targets_are_recorded(sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    anchor = _anchor_file(tmp_path / "anchor.jsonl")
+    config = TrainConfig(max_steps=2, anchor_loss="sft", **TINY)
+    result = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "anchored", config, anchor_path=anchor)
     record = json.loads((result.output_dir / TRAINING_JSON).read_text())
     assert record["anchor"]["rows"] == 6 and record["anchor"]["snapshot_rows"] == len(FACTS)
-    assert record["anchor"]["sha256"] == snapshot_sha256(anchor)
+    assert record["anchor"]["sha256"] == snapshot_sha256(anchor) and record["anchor"]["loss"] == "sft"
     assert record["snapshot"]["rows"] == len(FACTS) and record["metrics"]["rows"] == len(FACTS) + 6
+    assert all("anchor_kl" not in entry for entry in record["loss_history"])
     bad = write_jsonl(tmp_path / "bad_anchor.jsonl", [{"messages": [{"role": "user", "content": "<|im_start|>x"}]}])
     with pytest.raises(SnapshotError):
         train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "never", TrainConfig(max_steps=1, **TINY), anchor_path=bad)
     assert not (tmp_path / "never").exists()
+
+
+def test_kl_to_base_counts_answer_tokens_only() -> None:
+    import torch
+
+    from cl_assets.core.training.anchored import kl_to_base
+
+    torch.manual_seed(0)
+    base = torch.randn(1, 5, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, -100]])  # logits at positions 1 and 2 predict the answer
+    assert float(kl_to_base(base.clone(), base, labels)) == pytest.approx(0.0, abs=1e-6)
+    moved = base.clone()
+    moved[0, 0] += 5.0  # a prompt position: not counted
+    moved[0, 4] += 5.0  # after the last answer token: not counted
+    assert float(kl_to_base(moved, base, labels)) == pytest.approx(0.0, abs=1e-6)
+    moved[0, 1, 7] += 3.0
+    by_hand = torch.nn.functional.kl_div(moved[0, 1].log_softmax(-1), base[0, 1].log_softmax(-1),
+                                         log_target=True, reduction="sum") / 2
+    assert float(kl_to_base(moved, base, labels)) == pytest.approx(float(by_hand), rel=1e-5) and float(by_hand) > 0
+    assert float(kl_to_base(moved, base, torch.full_like(labels, -100))) == 0.0
+
+
+def _kl_on_anchor_prompts(tiny_model_dir: Path, adapter: Path, anchor: Path) -> float:
+    """Mean KL(base || adapter) over the anchor rows' answer tokens, measured outside the trainer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cl_assets.core.training.anchored import kl_to_base
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    total = []
+    for row in load_rows(anchor, "sft"):
+        prompt, answer = render_row(row, tokenizer)
+        ids = tokenizer(prompt + answer, return_tensors="pt").input_ids
+        labels = ids.clone()
+        labels[:, : len(tokenizer(prompt).input_ids)] = -100
+        with torch.no_grad():
+            adapted = model(ids).logits
+            with model.disable_adapter():
+                base = model(ids).logits
+        total.append(float(kl_to_base(adapted, base, labels)))
+    return sum(total) / len(total)
+
+
+def test_the_kl_anchor_holds_the_adapter_to_the_base_on_anchor_prompts(
+    sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    anchor = _anchor_file(tmp_path / "anchor.jsonl", rows=4)
+    runs = {}
+    for weight in (0.0, 5.0):
+        config = TrainConfig(epochs=3, anchor_loss="kl", anchor_weight=weight, anchor_batch_size=2,
+                             **{**TINY, "learning_rate": 1e-2})
+        result = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / f"kl{weight}", config, anchor_path=anchor)
+        record = json.loads((result.output_dir / TRAINING_JSON).read_text())
+        runs[weight] = (result, record)
+        # The anchor rows are a stream beside the snapshot: steps follow the snapshot alone.
+        assert record["steps"] == 3 * math.ceil(len(FACTS) / TINY["batch_size"])
+        assert record["anchor"]["loss"] == "kl" and record["metrics"]["rows"] == len(FACTS)
+    history = runs[5.0][1]["loss_history"]
+    assert all(entry["anchor_kl"] >= 0 for entry in history) and history[-1]["anchor_kl"] > 0
+    held = _kl_on_anchor_prompts(tiny_model_dir, runs[5.0][0].output_dir, anchor)
+    free = _kl_on_anchor_prompts(tiny_model_dir, runs[0.0][0].output_dir, anchor)
+    assert held < free / 2, (held, free)
 
 
 def test_warm_start_records_the_parent_and_starts_from_its_weights(

@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # heavy imports stay out of module import time
 
 TrainMode = Literal["sft", "kto"]
 TRAIN_MODES: tuple[str, ...] = ("sft", "kto")
+AnchorLoss = Literal["kl", "sft"]
+ANCHOR_LOSSES: tuple[str, ...] = ("kl", "sft")
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,16 @@ class TrainConfig:
             "chat serves with. None leaves conversations as they are (the chat template may add its own default)."
         },
     )
+    anchor_loss: AnchorLoss = field(
+        default="kl",
+        metadata={
+            "help": "SFT only: how anchor rows (the base's own answers) hold the adapter near the base. `kl`: a "
+            "KL(base || adapter) term on their answer tokens, a batch of them each step (`training/anchored.py`); "
+            "`sft`: mixed into the rows as ordinary targets."
+        },
+    )
+    anchor_weight: float = field(default=1.0, metadata={"help": "Weight of the KL anchor term (`anchor_loss='kl'`)."})
+    anchor_batch_size: int = field(default=4, metadata={"help": "Anchor rows per optimizer step (`anchor_loss='kl'`)."})
     kto_beta: float = field(default=0.1, metadata={"help": "KTO only: how far the model may move from the reference."})
     kto_desirable_weight: float = field(default=1.0, metadata={"help": "KTO only: weight of 👍 examples."})
     kto_undesirable_weight: float = field(default=1.0, metadata={"help": "KTO only: weight of 👎 examples."})
@@ -100,7 +112,12 @@ class TrainConfig:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be -1 (use epochs) or a positive step count, got {self.max_steps}")
-        for name in ("batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "logging_steps"):
+        if self.anchor_loss not in ANCHOR_LOSSES:
+            raise ValueError(f"anchor_loss must be one of {ANCHOR_LOSSES}, got {self.anchor_loss!r}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"anchor_weight must be >= 0, got {self.anchor_weight}")
+        for name in ("batch_size", "gradient_accumulation_steps", "lora_r", "lora_alpha", "logging_steps",
+                     "anchor_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -126,7 +143,7 @@ class TrainConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> TrainConfig:
-        """The config the platform trains with: `CL_TRAIN_*`, `CL_LEARNING_RATE`, `CL_LORA_*`, `CL_SEED`."""
+        """The config the platform trains with: `CL_TRAIN_*`, `CL_LEARNING_RATE`, `CL_LORA_*`, `CL_ANCHOR_*`, `CL_SEED`."""
         values: dict[str, Any] = {
             "mode": settings.train_mode,
             "epochs": settings.train_epochs,
@@ -139,6 +156,8 @@ class TrainConfig:
             "seed": settings.seed,
             "cpu_bf16": settings.train_cpu_bf16,
             "nice": settings.train_nice,
+            "anchor_loss": settings.anchor_loss,
+            "anchor_weight": settings.anchor_weight,
         }
         values.update(overrides)
         return cls(**values)

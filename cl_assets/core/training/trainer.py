@@ -93,6 +93,8 @@ def _progress_callback_class() -> type:
                 "tokens": tokens,
                 "elapsed_s": round(elapsed, 3),
             }
+            if "anchor_kl" in logs:  # the distillation anchor's term, inside `loss` (training/anchored.py)
+                entry["anchor_kl"] = float(logs["anchor_kl"])
             self.history.append(entry)
             self.last_logs = dict(logs)
             if self.progress is not None:
@@ -146,13 +148,17 @@ def train_adapter(
     # Validate the data before paying for a model load.
     rows = load_rows(snapshot_path, config.mode, config.system_prompt)
     anchor = None
+    anchor_rows: list[dict[str, Any]] = []
     if anchor_path is not None:
         anchor_rows = load_rows(Path(anchor_path), "sft")
-        if config.mode == "kto":  # the base's own answers are desirable behaviour
-            anchor_rows = [{**row, "label": True} for row in anchor_rows]
+        # KTO has no KL anchor of its own kind: there the base's answers are desirable rows.
+        loss = config.anchor_loss if config.mode == "sft" else "sft"
         anchor = {"path": str(Path(anchor_path).resolve()), "sha256": file_sha256(Path(anchor_path)),
-                  "rows": len(anchor_rows), "snapshot_rows": len(rows)}
-        rows = rows + anchor_rows
+                  "rows": len(anchor_rows), "snapshot_rows": len(rows), "loss": loss}
+        if loss == "sft":
+            if config.mode == "kto":  # the base's own answers are desirable behaviour
+                anchor_rows = [{**row, "label": True} for row in anchor_rows]
+            rows, anchor_rows = rows + anchor_rows, []
     actual_sha = file_sha256(snapshot_path)
     if snapshot_sha256 is not None and snapshot_sha256 != actual_sha:
         raise SnapshotError(
@@ -170,6 +176,7 @@ def train_adapter(
             config=config,
             parent_adapter=Path(parent_adapter) if parent_adapter is not None else None,
             anchor=anchor,
+            anchor_rows=anchor_rows,
             progress=progress,
         )
     log.info(
@@ -217,8 +224,9 @@ def _build_trainer(
     precision: Precision,
     peft_config: Any,
     callback: Any,
+    anchor_rows: list[dict[str, Any]],
 ) -> Any:
-    trainer = _make_trainer(model, tokenizer, rows, config, staging, precision, peft_config, callback)
+    trainer = _make_trainer(model, tokenizer, rows, config, staging, precision, peft_config, callback, anchor_rows)
     # With tqdm off, transformers adds a PrinterCallback that print()s every log dict to stdout;
     # our callback is the one progress channel (Dagster logger, CLI bar).
     from transformers.trainer_callback import PrinterCallback
@@ -236,13 +244,17 @@ def _make_trainer(
     precision: Precision,
     peft_config: Any,
     callback: Any,
+    anchor_rows: list[dict[str, Any]],
 ) -> Any:
     from datasets import Dataset
+
+    def as_dataset(rows: list[dict[str, Any]]) -> Any:
+        return Dataset.from_list([{**row, "chat_template_kwargs": {"sanitize_control_tokens": True}} for row in rows])
 
     # TRL renders each row with the chat template and passes `chat_template_kwargs` through:
     # control tokens typed inside a message are then encoded as plain text, as the chat does at
     # inference (`model._encode`), so no message can forge a turn of the template.
-    dataset = Dataset.from_list([{**row, "chat_template_kwargs": {"sanitize_control_tokens": True}} for row in rows])
+    dataset = as_dataset(rows)
     if config.mode == "kto":
         from trl import KTOTrainer
 
@@ -259,14 +271,24 @@ def _make_trainer(
         )
     from trl import SFTTrainer
 
-    return SFTTrainer(
-        model=model,
-        args=config.to_sft_config(staging, precision),
-        data_collator=config.sft_collator(tokenizer),
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[callback],
+    common = {
+        "model": model,
+        "args": config.to_sft_config(staging, precision),
+        "data_collator": config.sft_collator(tokenizer),
+        "train_dataset": dataset,
+        "processing_class": tokenizer,
+        "peft_config": peft_config,
+        "callbacks": [callback],
+    }
+    if not anchor_rows:
+        return SFTTrainer(**common)
+    from cl_assets.core.training.anchored import anchored_sft_trainer_class
+
+    return anchored_sft_trainer_class()(
+        **common,
+        anchor_dataset=as_dataset(anchor_rows),
+        anchor_weight=config.anchor_weight,
+        anchor_batch_size=config.anchor_batch_size,
     )
 
 
@@ -281,6 +303,7 @@ def _train_into(
     parent_adapter: Path | None,
     progress: Callable[[TrainProgress], None] | None,
     anchor: dict[str, Any] | None = None,
+    anchor_rows: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     from transformers import AutoTokenizer, set_seed
 
@@ -292,7 +315,8 @@ def _train_into(
         tokenizer = AutoTokenizer.from_pretrained(str(base_model))
         model = _load_model(base_model, precision, config, parent_adapter)
         peft_config = None if parent_adapter is not None else config.to_lora_config()
-        trainer = _build_trainer(model, tokenizer, rows, config, staging, precision, peft_config, callback)
+        trainer = _build_trainer(model, tokenizer, rows, config, staging, precision, peft_config, callback,
+                                 anchor_rows or [])
     try:
         load_s = time.perf_counter() - started
         output = trainer.train()
@@ -326,7 +350,7 @@ def _train_into(
         "load_s": load_s,
     }
     metrics.update(
-        {f"last_{key}": value for key, value in callback.last_logs.items() if key.startswith(("rewards/", "kl"))}
+        {f"last_{key}": value for key, value in callback.last_logs.items() if key.startswith(("rewards/", "kl", "anchor_kl"))}
     )
     if config.mode == "kto":
         metrics["desirable_rows"] = sum(1 for row in rows if row["label"])
