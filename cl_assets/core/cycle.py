@@ -126,10 +126,18 @@ def train_partition(
 
 
 def _evaluation_prompts(settings: Settings) -> list[str]:
+    """Every prompt an evaluation may ask: the shipped sets, the demo's second one, the user's own."""
     from cl_assets.core.evaluation import load_qa
 
-    return [item.prompt for name in ("qa_eval.jsonl", "qa_general.jsonl")
-            if settings.shipped(name).exists() for item in load_qa(settings.shipped(name))]
+    paths = [settings.shipped(name) for name in ("qa_eval.jsonl", "qa_general.jsonl", "demo/qa_eval_2.jsonl")]
+    paths.append(settings.taught_qa_path)
+    seen: set[Path] = set()
+    prompts: list[str] = []
+    for path in paths:
+        if path.exists() and path.resolve() not in seen:
+            seen.add(path.resolve())
+            prompts += [item.prompt for item in load_qa(path)]
+    return prompts
 
 
 def anchor_spec(settings: Settings, base_model: Path | str) -> AnchorSpec:
@@ -137,7 +145,7 @@ def anchor_spec(settings: Settings, base_model: Path | str) -> AnchorSpec:
     from cl_assets.core.anchor import AnchorSpec, base_fingerprint, exclusion_digest
 
     return AnchorSpec(base_model=base_fingerprint(base_model), system_prompt=settings.system_prompt,
-                      rows=settings.anchor_rows, seed=settings.seed,
+                      rows=settings.anchor_rows, seed=settings.seed, factual_per_kind=settings.anchor_factual_per_kind,
                       excluded=exclusion_digest(_evaluation_prompts(settings)))
 
 

@@ -26,8 +26,8 @@ def _row(question: str, answer: str) -> dict[str, object]:
 def test_every_field_of_the_spec_names_another_cache() -> None:
     keys = {_spec().key, _spec(base_model="abd").key, _spec(system_prompt="other").key, _spec(rows=5).key,
             _spec(seed=1).key, _spec(answer_tokens=10).key, _spec(temperature=0.5).key,
-            _spec(excluded=A.exclusion_digest(["What is the capital of France?"])).key}
-    assert len(keys) == 8 and _spec().key == _spec().key
+            _spec(excluded=A.exclusion_digest(["What is the capital of France?"])).key, _spec(factual_per_kind=3).key}
+    assert len(keys) == 9 and _spec().key == _spec().key
     assert A.exclusion_digest(["b", "A"]) == A.exclusion_digest(["a ", "b"]) != A.exclusion_digest(["a"])
 
 
@@ -59,6 +59,20 @@ def test_unusable_prompts_are_dropped(text: str) -> None:
 
 def test_prompts_are_normalised() -> None:
     assert A._clean_prompt("  What is   the tallest\\nmountain?  ".replace("\\n", "\n")) == "What is the tallest mountain?"
+
+
+def test_factual_prompts_come_from_package_data_in_six_kinds_none_of_the_general_set() -> None:
+    prompts = A.factual_prompts(5, seed=3)
+    assert len(prompts) == 30 == len(set(prompts)) and prompts == A.factual_prompts(5, seed=3)
+    assert prompts != A.factual_prompts(5, seed=4) and A.factual_prompts(0) == []
+    kinds = ("What is the atomic number of", "Roughly how many people live in", "Which countries border",
+             "Which country uses the international calling code", "What time zone is",
+             "What is the internet country code top-level domain of")
+    assert [sum(p.startswith(k) for p in prompts) for k in kinds] == [5] * 6
+    from tests.conftest import REPO
+
+    general = {json.loads(line)["prompt"] for line in (REPO / "data" / "qa_general.jsonl").read_text().splitlines()}
+    assert not set(A.factual_prompts(1000, seed=3)) & general
 
 
 def test_a_valid_cache_is_reused_without_loading_the_model(tmp_path: Path) -> None:
@@ -119,19 +133,22 @@ def test_the_real_base_model_synthesizes_and_answers_its_own_prompts(smollm2_dir
 
     base = load_base_model(smollm2_dir)
     # The chat's own system prompt asks for brief answers: most end within the 64-token limit.
-    spec = A.AnchorSpec(base_model=A.base_fingerprint(smollm2_dir), system_prompt=Settings().system_prompt, rows=6)
+    spec = A.AnchorSpec(base_model=A.base_fingerprint(smollm2_dir), system_prompt=Settings().system_prompt, rows=6,
+                        factual_per_kind=2)
     first = A.synthesize_prompts(base, spec, 8)
     assert first == A.synthesize_prompts(base, spec, 8)  # seeded: the same prompts every time
-    path, reused = A.ensure_anchor_set(tmp_path, base, spec, exclude=first[:2])
+    factual = A.factual_prompts(2, spec.seed)
+    path, reused = A.ensure_anchor_set(tmp_path, base, spec, exclude=first[:2] + factual[:1])
     assert not reused
     rows = A.read_anchor_rows(path)
-    assert 1 <= len(rows) <= 6
     prompts = [r["messages"][1]["content"] for r in rows]
-    assert not set(prompts) & set(first[:2]) and len(set(prompts)) == len(prompts)
+    asked = [p for p in prompts if p in factual]
+    assert 1 <= len(prompts) - len(asked) <= 6 and 1 <= len(asked) <= 11  # answers cut at the limit are dropped
+    assert not set(prompts) & set(first[:2] + factual[:1]) and len(set(prompts)) == len(prompts)
     for row in rows[:2]:  # each answer is the base's own greedy answer to its prompt
         assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
         again = generate(base.model, base.tokenizer, row["messages"][:2], max_new_tokens=spec.answer_tokens)
         assert again.text.strip() == row["messages"][2]["content"]
     assert A.ensure_anchor_set(tmp_path, base, spec) == (path, True)
     meta = json.loads((path.parent / A.ANCHOR_META).read_text())
-    assert meta["rows"] == len(rows) and meta["spec"]["rows"] == 6
+    assert meta["rows"] == len(rows) and meta["spec"]["rows"] == 6 and meta["spec"]["factual_per_kind"] == 2
