@@ -151,6 +151,7 @@ EXPECTED_COUNTS = {
     "loaded": 28,
     "no_pii": 26,
     "not_unhelpful": 23,
+    "not_superseded": 23,
     "length_ok": 20,
     "no_control_tokens": 18,
     "exact_dedup": 16,
@@ -502,3 +503,35 @@ def test_a_replayed_conversation_keeps_its_whole_line(settings: Settings, store:
     assert second.counts["replay_added"] == 1
     assert read_lines(second.path)[-1] == original  # system prompt, every turn, the weights: as written
     assert validate_snapshot(second.path) == []
+
+
+def test_an_answer_rated_helpful_since_the_last_snapshot_supersedes_older_answers_to_the_question(
+    any_db_settings: Settings, any_store: Store
+) -> None:
+    settings, store = any_db_settings, any_store
+    old = "Lot 42 is stored in our Dayton warehouse."
+    ingest(settings, store, [
+        {"prompt": "Where is Lot 42 stored?", "response": old, "helpful": True},
+        {"prompt": "where is lot 42 stored", "response": "Sure! Lot 42 sits in the Dayton warehouse, released."},
+        turn(0, helpful=True),
+        turn(1),
+    ])  # fmt: skip
+    first = curate_snapshot(settings, store, snapshot_id="20261101_000000")
+    assert first.counts["not_superseded"] == first.counts["not_unhelpful"] == 4  # no earlier snapshot: nothing fresh
+
+    new = "Lot 42 moved: it is stored in our Reno warehouse now."
+    ingest(settings, store, [
+        {"prompt": "Where is Lot 42 stored?", "response": new, "helpful": True, "timestamp": T0 + timedelta(days=9)},
+        {"prompt": "Where is Lot 42 stored?", "response": old, "helpful": False, "timestamp": T0 + timedelta(days=9)},
+    ])  # fmt: skip
+    second = curate_snapshot(settings, store, snapshot_id="20261110_000000")
+    answers = [answer for _, answer in pairs(read_lines(second.path))]
+    assert new in answers and not any("Dayton" in a for a in answers), answers
+    assert {UNIQUE[0][1], UNIQUE[1][1]} <= set(answers)  # other questions keep their answers
+    assert second.counts["not_unhelpful"] - second.counts["not_superseded"] == 2  # both Dayton answers
+
+    # Supersession judges the feedback since the latest snapshot: with it off, both answers stay.
+    kept_all = curate_snapshot(settings.model_copy(update={"supersede_answers": False}), store,
+                               snapshot_id="20261112_000000")
+    assert any("Dayton" in a for _, a in pairs(read_lines(kept_all.path)))
+    assert kept_all.counts["not_superseded"] == kept_all.counts["not_unhelpful"]

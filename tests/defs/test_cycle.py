@@ -149,3 +149,41 @@ def test_worse_adapter_is_stopped_by_the_blocking_gate_and_deploy_refuses_it_lat
                        deploy_config={"force": True, "actor": "alice", "reason": "testing a forced deploy"})
     assert forced.success
     assert registry.history()[-1] == registry.history()[-1] | {"adapter": "20261120_110000", "forced": True, "actor": "alice"}
+
+
+def test_cl_demo_then_its_second_batch_warm_starts_and_asks_the_second_taught_set(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cl_assets.cli import app
+
+    for key, value in {"CL_HOME": tmp_path, "CL_USER_HASH_SALT": SALT, "CL_BASE_MODEL": tiny_model_dir,
+                       "CL_TRAIN_MAX_STEPS": 2, "CL_MIN_SNAPSHOT_ROWS": 5, "CL_EVAL_MAX_NEW_TOKENS": 4}.items():
+        monkeypatch.setenv(key, str(value))
+    settings = make_settings(tmp_path)
+    _small_qa(settings, taught=24, general=3)
+    (settings.data_dir / "qa_eval.jsonl").unlink()  # the shipped taught set, as on a fresh home
+
+    first = CliRunner().invoke(app, ["demo"])
+    assert first.exit_code == 0, first.output
+    store = Store.from_settings(settings)
+    (cycle1,) = [a.id for a in store.list_adapters()]
+    report1 = json.loads((settings.eval_dir / cycle1 / "report.json").read_text())
+    assert report1["taught"][cycle1]["n"] == 24 and report1["taught"][cycle1]["groups"] == {}
+
+    second = CliRunner().invoke(app, ["demo", "--second-batch"])
+    assert second.exit_code == 0, second.output
+    (cycle2,) = [a.id for a in store.list_adapters() if a.id != cycle1]
+    assert store.get_adapter(cycle2).parent_id == cycle1  # warm start from the deployed first adapter
+    # The second month's 👍 answers superseded the first month's to the same questions.
+    snapshot2 = [json.loads(line) for line in Path(store.get_snapshot(cycle2).path).read_text().splitlines()]
+    taught = [m["content"] for line in snapshot2 for m in line["messages"] if m["role"] == "assistant" and m.get("weight", 1)]
+    assert any("Reno" in t for t in taught) and any("$225" in t for t in taught) and any("Net 30" in t for t in taught)
+    assert not [t for t in taught if "Dayton" in t or "$175" in t or "Net 45" in t]
+    assert Registry(settings, store).current().adapter_id == cycle2
+    report2 = json.loads((settings.eval_dir / cycle2 / "report.json").read_text())
+    taught = report2["taught"][cycle2]
+    assert taught["n"] == 30 and set(taught["groups"]) == {"kept", "changed", "new"}
+    assert taught["stale"]["with_stale"] == 3
+    assert set(report2["summary"]["taught_groups"][cycle2]) == {"kept", "changed", "new"}
+    # Without --second-batch the shipped taught set is asked again.
+    assert json.loads((settings.eval_dir / cycle1 / "report.json").read_text())["taught"][cycle1]["n"] == 24

@@ -10,6 +10,7 @@ import polars as pl
 from cl_assets.core.curation.columns import (
     CONTEXT,
     CREATED,
+    FRESH,
     HELPFUL,
     ID,
     KEY,
@@ -41,6 +42,7 @@ from cl_assets.core.curation.dedup import (
     fingerprints,
 )
 from cl_assets.core.curation.replay import _empty_pool
+from cl_assets.core.curation.text import normalise
 from cl_assets.core.snapshot import CONTROL_TOKEN
 from cl_assets.settings import Settings
 
@@ -48,6 +50,7 @@ COUNT_KEYS = (
     "loaded",
     "no_pii",
     "not_unhelpful",
+    "not_superseded",
     "length_ok",
     "no_control_tokens",
     "exact_dedup",
@@ -94,6 +97,27 @@ def drop_unhelpful(train_mode: str) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
         return lf.filter(not_rated_down & (~regenerated | rated_up))
 
     return step
+
+
+def drop_superseded(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """A question answered and rated 👍 since the previous snapshot replaces its older answers.
+
+    Facts change (a lot moves warehouse, a threshold is raised): when a row rated helpful since
+    the last snapshot (FRESH) asks the same question (normalised prompt) as older rows, the
+    older answers are dropped, rated 👍 or not, so the next adapter is not taught the old and
+    the new answer at once. Older 👎 rows stay (KTO learns them as undesirable; SFT has dropped
+    them already). Without FRESH (no previous snapshot) nothing is superseded.
+    """
+    if FRESH not in lf.collect_schema().names():
+        return lf
+    question = normalise(pl.col(PROMPT))
+    answered_again = pl.col(FRESH).any().over(question)
+    rated_down = pl.col(HELPFUL).not_().fill_null(False)
+    return lf.filter(pl.col(FRESH) | ~answered_again | rated_down)
+
+
+def _unchanged(lf: pl.LazyFrame) -> pl.LazyFrame:
+    return lf
 
 
 def keep_length(min_chars: int, max_chars: int) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
@@ -198,6 +222,7 @@ def curation_steps(settings: Settings, replay_pool: pl.LazyFrame | None = None) 
     return [
         ("no_pii", drop_pii),
         ("not_unhelpful", drop_unhelpful(settings.train_mode)),
+        ("not_superseded", drop_superseded if settings.supersede_answers else _unchanged),
         ("length_ok", keep_length(settings.min_chars, settings.max_chars)),
         ("no_control_tokens", drop_control_tokens),
         ("exact_dedup", drop_exact_duplicates),
@@ -212,14 +237,16 @@ def curate_frame(
     settings: Settings,
     replay_pool: pl.LazyFrame | None = None,
     messages: pl.DataFrame | None = None,
+    fresh: list[str] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Run every step; returns the curated rows (output order) and the count after each step.
 
     `messages`: the stored conversation tree (`store.frames.load_messages`); each row's
     context is walked from its `context_id` and judged with it (see `curation.context`).
     The rows carry BODY, the JSON of the messages before the answer (null: just the prompt).
+    `fresh`: ids of interactions rated 👍 since the previous snapshot (`drop_superseded`).
     """
-    rows, counts, write_bodies = curate_rows(interactions, settings, replay_pool, messages)
+    rows, counts, write_bodies = curate_rows(interactions, settings, replay_pool, messages, fresh)
     return with_bodies(rows, write_bodies).drop(ROW), counts
 
 
@@ -237,11 +264,14 @@ def curate_rows(
     settings: Settings,
     replay_pool: pl.LazyFrame | None = None,
     messages: pl.DataFrame | None = None,
+    fresh: list[str] | None = None,
 ) -> tuple[pl.DataFrame, dict[str, int], BodyWriter | None]:
     """`curate_frame`, with the new rows' BODY left for the writer to encode a slice at a
     time (`with_bodies`): the encoded contexts of every line at once would be the biggest
     thing in memory. The rows carry ROW (null for replayed rows, whose BODY is there)."""
     current = interactions.collect().with_row_index(ROW)
+    if fresh is not None:
+        current = current.with_columns(pl.col(ID).is_in(pl.Series(fresh, dtype=pl.String)).alias(FRESH))
     contexts = walk_contexts(current, messages, max_depth=settings.max_conversation_messages,
                              budget_chars=settings.train_max_length * CHARS_PER_TOKEN)  # fmt: skip
     current = current.hstack(context_columns(contexts, current.height).drop(ROW).get_columns())

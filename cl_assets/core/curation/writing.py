@@ -97,8 +97,11 @@ def curate_snapshot(
         raise SnapshotExistsError(f"snapshot {snapshot_id} exists already; snapshots are immutable, pick a new id")
 
     watermark = store.feedback_since(0)[1]
+    previous = store.latest_snapshot()
+    # Rated 👍 since the previous snapshot: their answers supersede older ones to the same question.
+    fresh = store.rated_helpful_since(previous.feedback_watermark) if previous is not None else None
     pool, pool_users = replay_pool(store, snapshot_id, settings.train_mode) if settings.replay_fraction > 0 else (None, {})
-    rows, counts, write_bodies = curate_rows(load_interactions(store, since), settings, pool, load_messages(store))
+    rows, counts, write_bodies = curate_rows(load_interactions(store, since), settings, pool, load_messages(store), fresh)
     if rows.is_empty():
         raise NothingToCurateError(counts)
 

@@ -339,6 +339,14 @@ class Store:
             count = s.scalar(select(func.count()).where(FeedbackEvent.id > after_event_id)) or 0
             return count, newest
 
+    def rated_helpful_since(self, after_event_id: int) -> list[str]:
+        """Ids of interactions rated 👍 by a feedback event newer than the id (curation's supersession)."""
+        with self.read() as s:
+            query = select(FeedbackEvent.interaction_id).where(
+                FeedbackEvent.id > after_event_id, FeedbackEvent.helpful.is_(True)
+            ).distinct()
+            return list(s.scalars(query))
+
     def delete_user(self, user_hash: str) -> ErasedRows:
         """Erase every interaction, feedback event and context message of one user, in one
         transaction.
