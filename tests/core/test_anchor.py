@@ -152,3 +152,16 @@ def test_the_real_base_model_synthesizes_and_answers_its_own_prompts(smollm2_dir
     assert A.ensure_anchor_set(tmp_path, base, spec) == (path, True)
     meta = json.loads((path.parent / A.ANCHOR_META).read_text())
     assert meta["rows"] == len(rows) and meta["spec"]["rows"] == 6 and meta["spec"]["factual_per_kind"] == 2
+
+
+def test_the_shipped_anchor_set_is_the_one_the_default_settings_ask_for(smollm2_dir: Path) -> None:
+    """A changed evaluation set, system prompt or anchor setting needs `scripts/make_anchor_set.py`."""
+    from cl_assets.core.cycle import anchor_spec
+    from tests.conftest import REPO, make_settings
+
+    defaults = {name: Settings.model_fields[name].default for name in ("anchor_rows", "anchor_factual_per_kind")}
+    spec = anchor_spec(make_settings(REPO, data_dir=REPO / "data", **defaults), smollm2_dir)
+    folder = REPO / "data" / "anchors" / spec.key
+    assert (folder / A.ANCHOR_FILE).is_file(), f"run scripts/make_anchor_set.py: {folder} is missing"
+    assert json.loads((folder / A.ANCHOR_META).read_text())["spec"] == json.loads(json.dumps(spec.__dict__))
+    assert [p.name for p in (REPO / "data" / "anchors").iterdir()] == [spec.key]  # no stale set shipped

@@ -533,4 +533,5 @@ def test_train_partition_trains_on_the_replay_rows_it_is_given(tiny_model_dir: P
     assert record["anchor"]["path"] == str(anchor.resolve()) and record["anchor"]["rows"] == 3
     # A multi-turn line can give several training rows (one per answer that counts).
     assert record["anchor"]["snapshot_rows"] >= curated.snapshot.n_rows
-    assert record["metrics"]["rows"] == record["anchor"]["snapshot_rows"] + 3
+    # The KL anchor (the default) keeps the anchor rows a stream of their own, beside the snapshot's.
+    assert record["anchor"]["loss"] == "kl" and record["metrics"]["rows"] == record["anchor"]["snapshot_rows"]

@@ -185,5 +185,14 @@ def test_cl_demo_then_its_second_batch_warm_starts_and_asks_the_second_taught_se
     assert taught["n"] == 30 and set(taught["groups"]) == {"kept", "changed", "new"}
     assert taught["stale"]["with_stale"] == 3
     assert set(report2["summary"]["taught_groups"][cycle2]) == {"kept", "changed", "new"}
+    from dagster import AssetKey
+
+    from cl_assets.defs.runner import project_instance
+
+    event = project_instance(settings).get_latest_materialization_event(AssetKey("adapter_eval"))
+    assert event is not None and event.asset_materialization.partition == cycle2
+    metadata = event.asset_materialization.metadata
+    assert {"accuracy_kept", "accuracy_changed", "accuracy_new", "old_answers_to_changed_facts"} <= set(metadata)
+    assert metadata["taught_set"].value.endswith("qa_eval_2.jsonl")
     # Without --second-batch the shipped taught set is asked again.
     assert json.loads((settings.eval_dir / cycle1 / "report.json").read_text())["taught"][cycle1]["n"] == 24

@@ -188,17 +188,22 @@ class BodyWriter:
         )
 
 
-def body_writer(contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series) -> BodyWriter:
+def body_writer(
+    contexts: Contexts, loaded: pl.DataFrame, kept_rows: pl.Series, superseded_rows: pl.Series | None = None
+) -> BodyWriter:
     """What encodes the kept rows' contexts as JSON messages, oldest first.
 
     An earlier assistant message gets `"weight": 0` (not trained on) when it was imported so,
     when the answer it was got 👎 or was regenerated without a 👍, or when that answer is a
-    line of this snapshot itself (it is learned there, in its own context, once).
+    line of this snapshot itself (it is learned there, in its own context, once), or when a
+    newer answer to its question superseded it (`superseded_rows`, see `drop_superseded`).
     `loaded`: the whole loaded frame (ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED);
     `kept_rows`: ROW of every new row of the snapshot.
     """
-    rated_down = pl.col(HELPFUL).not_() | (pl.col(REGENERATED).fill_null(False) & pl.col(HELPFUL).is_null())
-    bad = _answer_keys(contexts, loaded.filter(rated_down.fill_null(False)))
+    not_trained = pl.col(HELPFUL).not_() | (pl.col(REGENERATED).fill_null(False) & pl.col(HELPFUL).is_null())
+    if superseded_rows is not None and not superseded_rows.is_empty():
+        not_trained = not_trained.fill_null(False) | pl.col(ROW).is_in(superseded_rows.cast(pl.UInt32).implode())
+    bad = _answer_keys(contexts, loaded.filter(not_trained.fill_null(False)))
     kept = pl.DataFrame({ROW: kept_rows.drop_nulls().cast(pl.UInt32)})
     own = _answer_keys(contexts, loaded.join(kept, on=ROW, how="semi"))
     untrained = pl.concat([bad, own]).unique()

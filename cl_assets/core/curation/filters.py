@@ -110,10 +110,14 @@ def drop_superseded(lf: pl.LazyFrame) -> pl.LazyFrame:
     """
     if FRESH not in lf.collect_schema().names():
         return lf
-    question = normalise(pl.col(PROMPT))
-    answered_again = pl.col(FRESH).any().over(question)
+    return lf.filter(~_superseded())
+
+
+def _superseded() -> pl.Expr:
+    """Not FRESH, not rated 👎, and its question (normalised prompt) has a FRESH answer."""
+    answered_again = pl.col(FRESH).any().over(normalise(pl.col(PROMPT)))
     rated_down = pl.col(HELPFUL).not_().fill_null(False)
-    return lf.filter(pl.col(FRESH) | ~answered_again | rated_down)
+    return ~pl.col(FRESH) & answered_again & ~rated_down
 
 
 def _unchanged(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -271,11 +275,13 @@ def curate_rows(
     thing in memory. The rows carry ROW (null for replayed rows, whose BODY is there)."""
     current = interactions.collect().with_row_index(ROW)
     if fresh is not None:
-        current = current.with_columns(pl.col(ID).is_in(pl.Series(fresh, dtype=pl.String)).alias(FRESH))
+        current = current.with_columns(pl.col(ID).is_in(pl.Series(fresh, dtype=pl.String).implode()).alias(FRESH))
     contexts = walk_contexts(current, messages, max_depth=settings.max_conversation_messages,
                              budget_chars=settings.train_max_length * CHARS_PER_TOKEN)  # fmt: skip
     current = current.hstack(context_columns(contexts, current.height).drop(ROW).get_columns())
     loaded = current.select(ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED) if CONTEXT in current.columns else None
+    # Superseded answers (changed facts) are not trained on as earlier turns of kept conversations either.
+    superseded = current.filter(_superseded())[ROW] if fresh is not None and settings.supersede_answers else None
     current = current.lazy().pipe(rank).collect()
     after = {"loaded": current.height}
     for name, step in curation_steps(settings, replay_pool):
@@ -285,7 +291,7 @@ def curate_rows(
         current = current.with_columns(pl.lit(None, pl.String).alias(BODY))
     write_bodies = None
     if loaded is not None and not contexts.chains.is_empty():
-        write_bodies = body_writer(contexts, loaded, current.filter(pl.col(REPLAY_FROM).is_null())[ROW])
+        write_bodies = body_writer(contexts, loaded, current.filter(pl.col(REPLAY_FROM).is_null())[ROW], superseded)
     columns = [PROMPT, RESPONSE, BODY, USER, REPLAY_FROM, ROW] + ([LABEL] if settings.train_mode == "kto" else [])
     rows = current.select(columns)
     order = current.select(

@@ -224,7 +224,7 @@ def _build_trainer(
     precision: Precision,
     peft_config: Any,
     callback: Any,
-    anchor_rows: list[dict[str, Any]],
+    anchor_rows: list[dict[str, Any]] | None = None,
 ) -> Any:
     trainer = _make_trainer(model, tokenizer, rows, config, staging, precision, peft_config, callback, anchor_rows)
     # With tqdm off, transformers adds a PrinterCallback that print()s every log dict to stdout;
@@ -244,7 +244,7 @@ def _make_trainer(
     precision: Precision,
     peft_config: Any,
     callback: Any,
-    anchor_rows: list[dict[str, Any]],
+    anchor_rows: list[dict[str, Any]] | None = None,
 ) -> Any:
     from datasets import Dataset
 
@@ -280,7 +280,7 @@ def _make_trainer(
         "peft_config": peft_config,
         "callbacks": [callback],
     }
-    if not anchor_rows:
+    if not anchor_rows:  # no anchor set, or one mixed in as ordinary rows
         return SFTTrainer(**common)
     from cl_assets.core.training.anchored import anchored_sft_trainer_class
 

@@ -52,6 +52,10 @@ def adapter_eval(context: AssetExecutionContext, store: StoreResource, base_mode
             "latency_p95_ms": cand.latency_p95_ms,
             "tokens_per_s": cand.tokens_per_s,
             "gate_passed": evaluated.passed,
+            "taught_set": MetadataValue.path(str(settings.taught_qa_path)),
+            # per group of the taught set (the demo's second cycle: kept / changed / new facts)
+            **{f"accuracy_{group}": score.accuracy for group, score in cand.groups().items()},
+            **({"old_answers_to_changed_facts": cand.stale.stale_rate} if cand.stale else {}),
             "report": MetadataValue.path(str(report.out_dir)),
             "chart": image(evaluated.chart, "accuracy per model"),
             **({"drift_chart": image(report.out_dir / DRIFT_PNG, "drift from the base")} if drift else {}),
