@@ -448,16 +448,20 @@ FOLLOW_UPS: tuple[tuple[str, tuple[tuple[str, str, bool | None, str | None], ...
 def build_sessions(seed: int = SEED) -> list[dict]:
     """One record per rated turn of each FOLLOW_UPS session, in the OpenAI `messages` format."""
     rng = random.Random(seed + 1)  # its own stream: the single-turn rows stay byte-identical
-    window_start = WINDOW_END - timedelta(days=WINDOW_DAYS)
+    return _session_records(FOLLOW_UPS, rng, WINDOW_END - timedelta(days=WINDOW_DAYS), "demo-conv", f"{seed}:conv")
+
+
+def _session_records(sessions: list, rng: random.Random, window_start: datetime, id_prefix: str, tag: str) -> list[dict]:
+    """One record per rated turn of each session (user, turns), its messages so far in each."""
     records = []
-    for n, (user, turns) in enumerate(FOLLOW_UPS, start=1):
+    for n, (user, turns) in enumerate(sessions, start=1):
         start = window_start + timedelta(seconds=rng.randrange(0, WINDOW_DAYS * 86400 - 3600))
-        sid = "sess-" + hashlib.sha256(f"{seed}:conv:{user}:{start.isoformat()}".encode()).hexdigest()[:12]
+        sid = "sess-" + hashlib.sha256(f"{tag}:{user}:{start.isoformat()}".encode()).hexdigest()[:12]
         messages = [{"role": "system", "content": SYSTEM_PROMPT}]
         t = start
         for i, (question, answer, helpful, fact_id) in enumerate(turns, start=1):
             messages = [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-            records.append({"id": f"demo-conv-{n:02d}-{i}", "_ts": t, "session_id": sid, "user_id": user,
+            records.append({"id": f"{id_prefix}-{n:02d}-{i}", "_ts": t, "session_id": sid, "user_id": user,
                             "messages": messages, "helpful": helpful, "fact_id": fact_id, "kind": "follow_up"})  # fmt: skip
             t += timedelta(seconds=rng.randrange(20, 200))
     return records
@@ -673,17 +677,7 @@ def build_second_rows(seed: int = SEED) -> list[dict]:
     for n, row in enumerate(rows, start=1):
         row["id"] = f"demo2-{n:04d}"
 
-    for n, (user, turns) in enumerate(SECOND_FOLLOW_UPS, start=1):
-        start = window_start + timedelta(seconds=rng.randrange(0, WINDOW_DAYS * 86400 - 3600))
-        sid = "sess-" + hashlib.sha256(f"{seed}:2:conv:{user}:{start.isoformat()}".encode()).hexdigest()[:12]
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}]
-        t = start
-        for i, (question, answer, helpful, fact_id) in enumerate(turns, start=1):
-            messages = [*messages, {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-            rows.append({"id": f"demo2-conv-{n:02d}-{i}", "_ts": t, "session_id": sid, "user_id": user,
-                         "messages": messages, "helpful": helpful, "fact_id": fact_id, "kind": "follow_up"})  # fmt: skip
-            t += timedelta(seconds=rng.randrange(20, 200))
-    return rows
+    return rows + _session_records(SECOND_FOLLOW_UPS, rng, window_start, "demo2-conv", f"{seed}:2:conv")
 
 
 def validate_second(rows: list[dict]) -> None:
