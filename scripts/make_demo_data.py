@@ -396,7 +396,9 @@ SYSTEM_PROMPT = "You are the support assistant of Harbor & Pine Provisions. Answ
 
 # (user, [(question, answer, helpful), ...]); every answer restates facts of FACTS (the ids
 # after the answer are checked by `validate`), and no follow-up names what it refers to.
-FOLLOW_UPS: tuple[tuple[str, tuple[tuple[str, str, bool | None, str | None], ...]], ...] = (
+# (user, [(question, answer, helpful, fact id), ...]) of each session
+Sessions = tuple[tuple[str, tuple[tuple[str, str, bool | None, str | None], ...]], ...]
+FOLLOW_UPS: Sessions = (
     ("cust_011", (
         ("What is the free shipping threshold?", "Shipping is free on orders over $175.", True, "free_shipping"),
         ("And for Canada?", "Orders to Canada don't ship free: Northstar Logistics carries them for a flat $38 fee.",
@@ -451,7 +453,7 @@ def build_sessions(seed: int = SEED) -> list[dict]:
     return _session_records(FOLLOW_UPS, rng, WINDOW_END - timedelta(days=WINDOW_DAYS), "demo-conv", f"{seed}:conv")
 
 
-def _session_records(sessions: list, rng: random.Random, window_start: datetime, id_prefix: str, tag: str) -> list[dict]:
+def _session_records(sessions: Sessions, rng: random.Random, window_start: datetime, id_prefix: str, tag: str) -> list[dict]:
     """One record per rated turn of each session (user, turns), its messages so far in each."""
     records = []
     for n, (user, turns) in enumerate(sessions, start=1):
@@ -600,7 +602,7 @@ SECOND_USERS: tuple[str, ...] = ("cust_007", "cust_011", "cust_023", "cust_044",
 SECOND_PII: tuple[tuple[str, str], ...] = (PII_TEMPLATES[0], PII_TEMPLATES[5], PII_TEMPLATES[8], PII_TEMPLATES[14])
 
 # Multi-turn sessions of the second month, as the chat logs them (see FOLLOW_UPS).
-SECOND_FOLLOW_UPS: tuple[tuple[str, tuple[tuple[str, str, bool | None, str | None], ...]], ...] = (
+SECOND_FOLLOW_UPS: Sessions = (
     ("cust_011", (
         ("What is the free shipping threshold?", "Orders over $225 ship free.", True, "free_shipping"),
         ("And for Canada?", "Canada is different: Northstar Logistics carries those orders for a flat $38 fee.",

@@ -19,9 +19,9 @@ SIGNATURE = "_signature"  # MinHash of the words of the normalised prompt + resp
 NORM_PROMPT, NORM_RESPONSE = "_norm_prompt", "_norm_response"
 WORDS = "_words"
 REPLAY_FROM = "_replay_from"  # snapshot id a replayed row came from (null: a new row)
-FRESH = "_fresh"  # rated 👍 since the previous snapshot (`drop_superseded`)
+SUPERSEDED = "_superseded"  # a newer 👍 answer to the same question exists (`drop_superseded`)
 
 __all__ = [
-    "CONTEXT", "CREATED", "FRESH", "HELPFUL", "ID", "KEY", "LABEL", "NORM_PROMPT", "NORM_RESPONSE", "PII", "PROMPT", "RANK",
-    "REGENERATED", "REPLAY_FROM", "RESPONSE", "SIGNATURE", "USER", "WORDS",
+    "CONTEXT", "CREATED", "HELPFUL", "ID", "KEY", "LABEL", "NORM_PROMPT", "NORM_RESPONSE", "PII", "PROMPT", "RANK",
+    "REGENERATED", "REPLAY_FROM", "RESPONSE", "SIGNATURE", "SUPERSEDED", "USER", "WORDS",
 ]  # fmt: skip

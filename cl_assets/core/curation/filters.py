@@ -10,7 +10,6 @@ import polars as pl
 from cl_assets.core.curation.columns import (
     CONTEXT,
     CREATED,
-    FRESH,
     HELPFUL,
     ID,
     KEY,
@@ -22,6 +21,7 @@ from cl_assets.core.curation.columns import (
     REPLAY_FROM,
     RESPONSE,
     SIGNATURE,
+    SUPERSEDED,
     USER,
 )
 from cl_assets.core.curation.context import (
@@ -103,25 +103,25 @@ def drop_superseded(lf: pl.LazyFrame) -> pl.LazyFrame:
     """A question answered and rated 👍 since the previous snapshot replaces its older answers.
 
     Facts change (a lot moves warehouse, a threshold is raised): when a row rated helpful since
-    the last snapshot (FRESH) asks the same question (normalised prompt) as older rows, the
-    older answers are dropped, rated 👍 or not, so the next adapter is not taught the old and
-    the new answer at once. Older 👎 rows stay (KTO learns them as undesirable; SFT has dropped
-    them already). Without FRESH (no previous snapshot) nothing is superseded.
+    the last snapshot asks the same question (normalised prompt) as older rows, the older
+    answers are dropped, rated 👍 or not, so the next adapter is not taught the old and the new
+    answer at once; where such an answer is an earlier turn of a kept conversation, it stays as
+    context with `"weight": 0`. Older 👎 rows stay (KTO learns them as undesirable; SFT has
+    dropped them already). `curate_rows` marks the rows (SUPERSEDED, `superseded_mask`); without
+    the column (no previous snapshot) nothing is superseded.
     """
-    if FRESH not in lf.collect_schema().names():
+    if SUPERSEDED not in lf.collect_schema().names():
         return lf
-    return lf.filter(~_superseded())
+    return lf.filter(~pl.col(SUPERSEDED))
 
 
-def _superseded() -> pl.Expr:
-    """Not FRESH, not rated 👎, and its question (normalised prompt) has a FRESH answer."""
-    answered_again = pl.col(FRESH).any().over(normalise(pl.col(PROMPT)))
+def superseded_mask(fresh: list[str]) -> pl.Expr:
+    """Not among `fresh` (ids rated 👍 since the previous snapshot), not rated 👎, and its
+    question has an answer that is fresh and still rated 👍."""
+    is_fresh = pl.col(ID).is_in(pl.Series(fresh, dtype=pl.String).implode()) & pl.col(HELPFUL).fill_null(False)
+    answered_again = is_fresh.any().over(normalise(pl.col(PROMPT)))
     rated_down = pl.col(HELPFUL).not_().fill_null(False)
-    return ~pl.col(FRESH) & answered_again & ~rated_down
-
-
-def _unchanged(lf: pl.LazyFrame) -> pl.LazyFrame:
-    return lf
+    return ~is_fresh & answered_again & ~rated_down
 
 
 def keep_length(min_chars: int, max_chars: int) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
@@ -226,7 +226,7 @@ def curation_steps(settings: Settings, replay_pool: pl.LazyFrame | None = None) 
     return [
         ("no_pii", drop_pii),
         ("not_unhelpful", drop_unhelpful(settings.train_mode)),
-        ("not_superseded", drop_superseded if settings.supersede_answers else _unchanged),
+        ("not_superseded", drop_superseded),
         ("length_ok", keep_length(settings.min_chars, settings.max_chars)),
         ("no_control_tokens", drop_control_tokens),
         ("exact_dedup", drop_exact_duplicates),
@@ -274,14 +274,14 @@ def curate_rows(
     time (`with_bodies`): the encoded contexts of every line at once would be the biggest
     thing in memory. The rows carry ROW (null for replayed rows, whose BODY is there)."""
     current = interactions.collect().with_row_index(ROW)
-    if fresh is not None:
-        current = current.with_columns(pl.col(ID).is_in(pl.Series(fresh, dtype=pl.String).implode()).alias(FRESH))
+    superseded = None
+    if fresh is not None and settings.supersede_answers:  # one pass over the prompts, for the step and the contexts
+        current = current.with_columns(superseded_mask(fresh).alias(SUPERSEDED))
+        superseded = current.filter(pl.col(SUPERSEDED))[ROW]
     contexts = walk_contexts(current, messages, max_depth=settings.max_conversation_messages,
                              budget_chars=settings.train_max_length * CHARS_PER_TOKEN)  # fmt: skip
     current = current.hstack(context_columns(contexts, current.height).drop(ROW).get_columns())
     loaded = current.select(ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED) if CONTEXT in current.columns else None
-    # Superseded answers (changed facts) are not trained on as earlier turns of kept conversations either.
-    superseded = current.filter(_superseded())[ROW] if fresh is not None and settings.supersede_answers else None
     current = current.lazy().pipe(rank).collect()
     after = {"loaded": current.height}
     for name, step in curation_steps(settings, replay_pool):
