@@ -183,6 +183,7 @@ def plain_transformers(model_dir: Path, adapter: Path, prompts: list[str], max_n
     from peft import PeftModel
 
     from cl_assets.core.model import _encode, load_base_model
+    from cl_assets.core.model.threads import release_openmp_threads
 
     loaded = load_base_model(model_dir)
     if attention:
@@ -197,6 +198,9 @@ def plain_transformers(model_dir: Path, adapter: Path, prompts: list[str], max_n
                                  do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)  # fmt: skip
         if i:
             tps.append((out.shape[1] - ids.shape[1]) / (time.perf_counter() - started))
+    # This (main) thread is done computing: its OpenMP workers would slow the engine's
+    # generation thread later in the run (see `cl_assets.core.model.threads`).
+    release_openmp_threads()
     return {"tokens_per_s": median(tps)}
 
 
@@ -250,6 +254,7 @@ def generate_in_state(engine: Any, prompts: list[str]) -> dict[str, float]:
 
 def run(size: str = "small", model: str | None = None, training_beside: bool = False) -> Result:
     from cl_assets.core.model import AdapterSet, ensure_base_model, load_base_model
+    from cl_assets.core.model.threads import release_openmp_threads
     from cl_assets.core.registry import Registry, adapter_dir
     from cl_assets.core.store import Store
     from cl_assets.settings import EMBEDDED_BASE_MODEL, Settings
@@ -296,6 +301,7 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
             hotswap_adapter(peft_model, str(adapter_dir(settings, b)), adapter_name="default", torch_device="cpu")
             peft_swap_s.append(time.perf_counter() - started)
             del loaded, peft_model
+        release_openmp_threads()  # the engine's generation thread computes next, alone
 
         base_before = engine.base_model
 
@@ -346,6 +352,9 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
         engine.refresh()
         stream_prompts = PROMPTS[: max(2, cfg["prompts"])]
         one_stream = {"CL engine (A merged, eager attention, CL decode loop)": generate_in_state(engine, stream_prompts)}
+        sdpa = ChatEngine(settings.model_copy(update={"chat_attention": "sdpa"}), store=store)
+        one_stream["CL engine, `CL_CHAT_ATTENTION=sdpa`"] = generate_in_state(sdpa, stream_prompts)
+        del sdpa
         half = ChatEngine(settings.model_copy(update={"chat_dtype": "bfloat16"}), store=store)
         one_stream["CL engine, `CL_CHAT_DTYPE=bfloat16` (opt-in)"] = generate_in_state(half, stream_prompts)
         del half

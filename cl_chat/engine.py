@@ -44,6 +44,7 @@ from cl_assets.core.model import (
     StopStrings,
     load_base_model,
 )
+from cl_assets.core.model.threads import release_openmp_threads
 from cl_assets.core.registry import BASE_LABEL, Registry, RegistryError
 from cl_assets.core.snapshot import is_snapshot_id
 from cl_assets.core.store import Store
@@ -261,6 +262,9 @@ class ChatEngine:
         self._metrics_lock = threading.Lock()
         self._knowledge: tuple[float, str] | None = None  # (mtime, rendered facts)
         self.refresh()
+        # Loading computed in this thread: its OpenMP workers would halve the generation
+        # thread's speed for as long as they exist (see `cl_assets.core.model.threads`).
+        release_openmp_threads()
 
     # -- which adapter serves --------------------------------------------------------------
 
@@ -303,6 +307,8 @@ class ChatEngine:
                 self.swap_error = f"deployment {deployment_id} (adapter {adapter_id}) refused: {exc}"
                 log.error("Keeping %s: %s", self.adapter_version, self.swap_error)
                 return self._serving
+            finally:
+                release_openmp_threads()  # this thread now waits; only the generation thread computes
             if adapter_id != self._serving:
                 log.info("Chat now answers with %s (was %s)", adapter_id or BASE_LABEL, self.adapter_version)
             self._serving = adapter_id
@@ -451,6 +457,8 @@ class ChatEngine:
                 raise ModelRefusedError(
                     f"Adapter {name} may not answer: its files fail the registry's check or do not load (see the server log)."
                 ) from None
+            finally:
+                release_openmp_threads()
         return name
 
     def complete(

@@ -40,7 +40,13 @@ from dataclasses import dataclass, field
 from typing import Any, ContextManager
 
 from cl_assets.core.model.base import Message
-from cl_assets.core.model.generation import GenerationResult, GenerationStream, _as_set, _encode
+from cl_assets.core.model.generation import (
+    GenerationResult,
+    GenerationStream,
+    _as_set,
+    _encode,
+)
+from cl_assets.core.model.threads import release_openmp_threads
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +138,10 @@ class BatchScheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                if not self._pending:
+                    # Idle: hand the OpenMP workers back, so they do not slow other threads'
+                    # torch work meanwhile (see `threads`); the next turn makes them again.
+                    release_openmp_threads()
                 while not self._pending:
                     self._cond.wait()
                 adapter_id = self._pending[0].adapter_id

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ContextManager
 
 from cl_assets.core.model.base import ContextLengthError, Message, PromptTooLongError, _context_length
+from cl_assets.core.model.threads import release_openmp_threads
 
 if TYPE_CHECKING:
     pass
@@ -203,6 +204,9 @@ class GenerationStream:
             finally:
                 outcome["finished_at"] = time.perf_counter()
 
+        # This thread only waits on the streamer from here: its OpenMP workers (left from
+        # loading or earlier work) would halve the generating thread's speed (see `threads`).
+        release_openmp_threads()
         worker = threading.Thread(target=work, name="cl-generate", daemon=True)
         worker.start()
         pieces: list[str] = []
