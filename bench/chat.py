@@ -15,7 +15,7 @@ and deployed through the registry, as a training cycle would:
   own `GenerationResult` gives TTFT and tokens/s (completion tokens / latency).
 
 - *one stream*: tokens/s of one answer with adapter A through the engine (A merged into the
-  weights, eager attention, CL's decode loop) against plain transformers (`model.generate` on
+  weights, SDPA attention, CL's decode loop; and with eager attention) against plain transformers (`model.generate` on
   a `PeftModel` holding A, default attention), transformers with eager attention, and
   llama.cpp (`llama_cpp.Llama` on the same GGUF file, `n_threads=2`, base model, Q4_1) when
   `llama-cpp-python` is installed;
@@ -351,10 +351,10 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
         registry.deploy(a, actor="bench", reason="one stream")
         engine.refresh()
         stream_prompts = PROMPTS[: max(2, cfg["prompts"])]
-        one_stream = {"CL engine (A merged, eager attention, CL decode loop)": generate_in_state(engine, stream_prompts)}
-        sdpa = ChatEngine(settings.model_copy(update={"chat_attention": "sdpa"}), store=store)
-        one_stream["CL engine, `CL_CHAT_ATTENTION=sdpa`"] = generate_in_state(sdpa, stream_prompts)
-        del sdpa
+        one_stream = {"CL engine (A merged, SDPA attention, CL decode loop)": generate_in_state(engine, stream_prompts)}
+        eager = ChatEngine(settings.model_copy(update={"chat_attention": "eager"}), store=store)
+        one_stream["CL engine, `CL_CHAT_ATTENTION=eager`"] = generate_in_state(eager, stream_prompts)
+        del eager
         half = ChatEngine(settings.model_copy(update={"chat_dtype": "bfloat16"}), store=store)
         one_stream["CL engine, `CL_CHAT_DTYPE=bfloat16` (opt-in)"] = generate_in_state(half, stream_prompts)
         del half
@@ -410,7 +410,7 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
     sw.add("`engine.refresh()` with nothing new deployed", median(unchanged), f"{reload_med / median(unchanged):,.0f}×")
     result.notes.append(f"The engine that swapped served every state and swap from {'the same' if same_base else 'ANOTHER'} base model object (it never reloads).")
 
-    cl_tps = one_stream["CL engine (A merged, eager attention, CL decode loop)"]["tokens_per_s"]
+    cl_tps = one_stream["CL engine (A merged, SDPA attention, CL decode loop)"]["tokens_per_s"]
     hf_tps = one_stream["transformers `generate` on a PeftModel with A (default attention)"]["tokens_per_s"]
     one = result.table(f"One stream with adapter A (greedy, ≤ {cfg['max_new_tokens']} new tokens, median of "
                        f"{len(stream_prompts)} prompts)", ["path", "tokens/s", "CL ÷ this"])  # fmt: skip

@@ -239,11 +239,9 @@ class ChatEngine:
             loaded = model
         else:
             loaded = load_base_model(settings if model is None else model)
-        # One token at a time, CPU SDPA's flash kernel costs more than eager attention's few
-        # small bmm's (SmolLM2: 91 vs 71 ms a token on a quiet box, 169 vs 64 with the other
-        # core busy, where the flash kernel's parallel region took 62 % of a step).
-        # One answer at a time a CPU reads every weight per token: bf16 halves that (opt-in,
-        # since evaluation judged the adapter's fp32 answers).
+        # Attention: SDPA by default (`CL_CHAT_ATTENTION`; bench/chat.py measures both).
+        # bf16 weights are opt-in: evaluation judged the adapter's fp32 answers, and on a CPU
+        # without fast bf16 matrix-vector kernels one answer runs slower in bf16.
         if settings.chat_dtype == "bfloat16":
             import torch
 

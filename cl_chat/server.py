@@ -9,6 +9,7 @@ path is answered by it (its guard, its error shape), never by Gradio's catch-all
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
@@ -24,6 +25,11 @@ from cl_chat.engine import ChatEngine
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 60
+# The generation thread runs hundreds of short torch ops a step, taking the GIL back after
+# each; request threads (tokenizing, streaming chunks) hold it up to the switch interval
+# (5 ms by default) meanwhile. 0.5 ms: at 8 concurrent API clients the median time to first
+# token went from 2.65 to 0.74 s and the aggregate tokens/s up 12 % (bench/chat.py's setup).
+GIL_SWITCH_INTERVAL_S = 0.0005
 SHUTDOWN_GRACE_S = 3  # open event streams (the page's queue, a long answer) are cut after this
 
 
@@ -62,6 +68,7 @@ def launch(
     if api_key(settings) is None and not is_loopback((host, port)):
         log.warning("The chat listens on %s but CL_API_KEY is unset: /v1 answers loopback clients only.", host)
     app, demo = build_server(engine, settings, host, port)
+    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
                             lifespan="on")  # fmt: skip
     server = uvicorn.Server(config)

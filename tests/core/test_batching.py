@@ -99,7 +99,7 @@ def test_batched_greedy_equals_one_at_a_time(tiny: M.LoadedModel) -> None:
     assert scheduler.max_rows_seen >= 2  # they did share forward passes
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: what the chat runs (CL_CHAT_ATTENTION)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # sdpa: what the chat runs (CL_CHAT_ATTENTION)
 def test_batched_answers_when_all_arrive_at_once(tiny_model_dir: Path, attention: str) -> None:
     tiny = M.load_base_model(tiny_model_dir)
     tiny.model.set_attn_implementation(attention)
