@@ -127,7 +127,7 @@ class Settings(BaseSettings):
     )
     chat_dtype: Literal["float32", "bfloat16"] = Field(
         "float32",
-        description="Weights of the chat model: `float32` answers as evaluation measured; `bfloat16` halves their memory (on the 2-core CPU of docs/benchmarks.md one answer ran at 0.84x float32's tokens/s), answers may differ slightly.",
+        description="Weights of the chat model: `float32` answers as evaluation measured; `bfloat16` halves their memory (on the 2-core CPU of docs/benchmarks.md one answer ran at 0.84-0.88x float32's tokens/s), answers may differ slightly.",
     )
     chat_merge_adapter: bool = Field(
         True, description="Serve the deployed adapter merged into the base weights (the base is restored exactly on a swap)."
