@@ -12,7 +12,9 @@ so `import cl_assets.core.model` stays cheap for Dagster's code server and the C
 - `AdapterSet`: one base model, many LoRA adapters, switched in place.
 
 Modules: `base` (resolution, GGUF conversion, device, loading), `generation` (prompts that fit,
-streaming with metrics), `adapters` (reading, verifying and swapping LoRA adapters).
+streaming with metrics), `batching` (continuous batching of concurrent answers), `adapters`
+(reading, verifying and swapping LoRA adapters), `threads` (threads that stop computing hand
+their OpenMP workers back, so the generating thread runs at full speed).
 """
 
 from cl_assets.core.model.adapters import (
