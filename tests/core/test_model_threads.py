@@ -24,11 +24,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> M.LoadedModel:
-    return M.load_base_model(tiny_model_dir)
-
-
 def _threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
@@ -57,7 +52,8 @@ def test_release_frees_the_calling_threads_workers() -> None:
     release_openmp_threads()
 
 
-def test_an_idle_batch_scheduler_holds_no_openmp_workers(tiny: M.LoadedModel) -> None:
+def test_an_idle_batch_scheduler_holds_no_openmp_workers(tiny_model_dir: Path) -> None:
+    tiny = M.load_base_model(tiny_model_dir)
     release_openmp_threads()
     baseline = _threads()
 
