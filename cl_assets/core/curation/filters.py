@@ -36,7 +36,6 @@ from cl_assets.core.curation.context import (
     walk_contexts,
 )
 from cl_assets.core.curation.dedup import (
-    NUM_PERM,
     _keep_rows,
     duplicate_mask,
     fingerprints,
@@ -153,33 +152,57 @@ def drop_exact_duplicates(lf: pl.LazyFrame) -> pl.LazyFrame:
     normalisation of the text, done in chunks so that no normalised copy of the column lives on.
     Runs at once rather than in the plan (as does `drop_near_duplicates`): the work is numpy's
     on threads of our own, and a frame handed back through `map_batches` is copied.
+
+    Whole conversations (CTX_KEY, see `curation.context`): the same last exchange after another
+    context is another conversation, so duplicates are judged only among rows with the same
+    earlier turns. The context's key joins the exact key, and is folded into every MinHash value
+    (equal contexts keep equal values). A row whose earlier turns no other row shares cannot be
+    a duplicate of anything, nor anything of it: it is kept without a fingerprint (KEY and
+    SIGNATURE null), which spares the text work for most follow-up turns.
     """
     df = lf.collect()
-    keys, signatures = fingerprints(df[PROMPT], df[RESPONSE])
-    keyed = df.with_columns(keys)
-    if CTX_KEY in df.columns:
-        # Whole conversations: the same last exchange after another context is another
-        # conversation. The context's key joins the exact key, and is folded into every
-        # MinHash value (equal contexts keep equal values), so near-duplicates are judged
-        # on the last exchange among conversations with the same earlier turns.
-        context = pl.col(CTX_KEY)
-        keyed = keyed.with_columns(
-            pl.when(context.is_null()).then(pl.col(KEY)).otherwise(pl.struct(KEY, context).hash(seed=0)).alias(KEY)
-        )
-        salt = (df[CTX_KEY].fill_null(0).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        signatures ^= salt[:, None]
-    best = keyed.select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series()
-    kept = _keep_rows(signatures, np.flatnonzero(best.to_numpy()))
-    return keyed.filter(best).with_columns(pl.Series(SIGNATURE, kept)).lazy()
+    if CTX_KEY not in df.columns:
+        keys, signatures = fingerprints(df[PROMPT], df[RESPONSE])
+        keyed = df.with_columns(keys)
+        best = keyed.select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series()
+        kept = _keep_rows(signatures, np.flatnonzero(best.to_numpy()))
+        return keyed.filter(best).with_columns(pl.Series(SIGNATURE, kept)).lazy()
+
+    lonely = df[CTX_KEY].is_not_null() & df[CTX_KEY].is_unique()
+    judged = (~lonely).arg_true()
+    keys, signatures = fingerprints(df[PROMPT].gather(judged), df[RESPONSE].gather(judged))
+    context = df[CTX_KEY].gather(judged)
+    keys = pl.DataFrame([keys, context]).select(
+        pl.when(pl.col(CTX_KEY).is_null()).then(pl.col(KEY)).otherwise(pl.struct(KEY, CTX_KEY).hash(seed=0)).alias(KEY)
+    ).to_series()
+    salt = (context.fill_null(0).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    signatures ^= salt[:, None]
+    ranks = df[RANK].gather(judged)
+    best_judged = pl.DataFrame([keys, ranks]).select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series().to_numpy()
+    signatures = _keep_rows(signatures, np.flatnonzero(best_judged))
+    kept_judged = judged.to_numpy()[best_judged]
+    keep = lonely.to_numpy().copy()
+    keep[kept_judged] = True
+    # Each kept row's place among the kept fingerprints (null: a lonely row, which has none).
+    place = np.full(df.height, -1, np.int64)
+    place[kept_judged] = np.arange(len(kept_judged))
+    place = pl.Series(place[keep])
+    place = pl.select(pl.when(place >= 0).then(place).cast(pl.UInt32)).to_series()
+    key = pl.repeat(None, df.height, dtype=pl.UInt64, eager=True).scatter(judged, keys).alias(KEY)
+    return df.with_columns(key).filter(pl.Series(keep)).with_columns(pl.Series(SIGNATURE, signatures).gather(place)).lazy()
 
 
 def drop_near_duplicates(threshold: float) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
-    """Drop rows whose text is a MinHash near-duplicate of a better-ranked row."""
+    """Drop rows whose text is a MinHash near-duplicate of a better-ranked row (rows without
+    a SIGNATURE, see `drop_exact_duplicates`, are never one)."""
 
     def step(lf: pl.LazyFrame) -> pl.LazyFrame:
         df = lf.collect()
-        signatures = df[SIGNATURE].to_numpy() if df.height else np.empty((0, NUM_PERM), np.uint32)
-        duplicate = duplicate_mask(signatures, threshold, df[RANK].to_numpy())
+        duplicate = np.zeros(df.height, dtype=bool)
+        judged = df[SIGNATURE].is_not_null().arg_true()
+        if len(judged):
+            signatures = df[SIGNATURE].gather(judged).to_numpy()
+            duplicate[judged.to_numpy()] = duplicate_mask(signatures, threshold, df[RANK].gather(judged).to_numpy())
         return df.drop(SIGNATURE).filter(pl.Series(~duplicate)).lazy()
 
     return step
