@@ -81,7 +81,7 @@ def make_adapter(model_dir: Path, out: Path, seed: int) -> None:
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     torch.manual_seed(seed)
-    lora = TrainConfig().to_lora_config()
+    lora = TrainConfig().to_lora_config(base)
     lora.init_lora_weights = False
     get_peft_model(base, lora).save_pretrained(out)
 
@@ -105,7 +105,8 @@ lower_cpu_priority(int(sys.argv[2]))
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
 from cl_assets.core.training import TrainConfig
-model = get_peft_model(AutoModelForCausalLM.from_pretrained(sys.argv[1]), TrainConfig().to_lora_config())
+base = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+model = get_peft_model(base, TrainConfig().to_lora_config(base))
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 ids = torch.randint(0, model.config.vocab_size, (4, 128))
 steps = 0

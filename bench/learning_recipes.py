@@ -49,9 +49,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--rank", type=int, help="LoRA rank (alpha = 2 x rank)")
     parser.add_argument("--targets", help="comma-separated module names (default: all-linear)")
+    parser.add_argument("--target-regex", help="one regex over full module names (PEFT's str form), e.g. upper layers only: "
+                                               r"'.*\.layers\.(1[5-9]|2\d)\..*_proj'")
     parser.add_argument("--anchor-loss", choices=("kl", "sft"), help="how replay rows anchor (default: TrainConfig's)")
     parser.add_argument("--anchor-weight", type=float, help="weight of the KL anchor term")
     parser.add_argument("--anchor-batch", type=int, help="anchor rows per step (KL anchor)")
+    parser.add_argument("--layers-from", type=float, help="LoRA on layers from this share of the depth up (default: the setting's)")
+    parser.add_argument("--no-routing", action="store_true", help="no scope router: the adapter answers everything")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -78,6 +82,10 @@ def main() -> int:
         overrides.update(lora_r=args.rank, lora_alpha=2 * args.rank)
     if args.no_anchor:
         overrides["anchor_rows"] = 0
+    if args.layers_from is not None:
+        overrides["lora_layers_from"] = args.layers_from
+    if args.no_routing:
+        overrides["scope_routing"] = False
     if args.factual is not None:
         overrides["anchor_factual_per_kind"] = args.factual
     settings = Settings(_env_file=None, home=home, user_hash_salt="recipe-salt", base_model=str(base_model),  # type: ignore[call-arg]
@@ -115,6 +123,8 @@ def main() -> int:
     recipe: dict[str, Any] = {}
     if args.targets:
         recipe["target_modules"] = tuple(args.targets.split(","))
+    if args.target_regex:
+        recipe["target_modules"] = args.target_regex
     if args.anchor_loss:
         recipe["anchor_loss"] = args.anchor_loss
     if args.anchor_weight is not None:
@@ -132,7 +142,28 @@ def main() -> int:
     report = evaluated.report
     pair, drift = report.general_paired, report.drift
     assert pair is not None and drift is not None
+    figures["scope"] = trained.scope
+    if trained.scope:  # the adapter alone, routing off, on the same prompts: what the router changes
+        from cl_assets.core.evaluation import compare_adapters, load_qa
+        from cl_assets.core.model import AdapterSet, load_base_model
+
+        t0 = time.perf_counter()
+        alone = AdapterSet(load_base_model(base_model), routing=False)
+        alone.ensure_loaded(SNAPSHOT_ID, trained.output_dir)
+        unrouted = compare_adapters(alone, SNAPSHOT_ID, taught=load_qa(settings.taught_qa_path),
+                                    general=load_qa(settings.data_dir / "qa_general.jsonl"),
+                                    max_new_tokens=settings.eval_max_new_tokens, system_prompt=settings.system_prompt,
+                                    batch_size=settings.eval_batch_size, base_cache_dir=settings.eval_dir / ".base_cache")
+        u_pair, u_drift = unrouted.general_paired, unrouted.drift
+        assert u_pair is not None and u_drift is not None
+        figures["unrouted"] = {"taught": unrouted.candidate_taught.accuracy,
+                               "general": unrouted.general[SNAPSHOT_ID].accuracy, "lost": len(u_pair.lost),
+                               "gained": len(u_pair.gained), "p_worse": u_pair.p_worse, "drift": u_drift.summary(),
+                               "eval_s": time.perf_counter() - t0}
     figures.update({
+        "routed_to_base": {"taught": evaluated.report.candidate_taught.routed_to_base,
+                           "general": evaluated.report.general[SNAPSHOT_ID].routed_to_base},
+        "taught_misses": {i.id: i.answer[:100] for i in evaluated.report.candidate_taught.items if not i.correct},
         "snapshot_rows": curated.snapshot.n_rows, "steps": trained.steps,
         "taught": {k: v.accuracy for k, v in report.taught.items()},
         "general": {k: v.accuracy for k, v in report.general.items()},

@@ -203,7 +203,7 @@ def eval_command(
         path = registry.verified_path(adapter_id) if adapter_id else None
     except (QAFormatError, RegistryError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
-    adapters = AdapterSet(load_base_model(settings))
+    adapters = AdapterSet(load_base_model(settings), routing=settings.scope_routing)
     if adapter_id and path:
         adapters.ensure_loaded(adapter_id, path)
     with Progress(console=console, transient=True) as bar:

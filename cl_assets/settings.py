@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate.")
     lora_r: int = Field(8, gt=0, description="LoRA rank.")
     lora_alpha: int = Field(16, gt=0, description="LoRA alpha.")
+    lora_layers_from: float = Field(
+        0.5, ge=0, lt=1, description="Share of the depth below which layers get no LoRA (0: every layer); the scope router reads the hidden state there."
+    )
+    scope_routing: bool = Field(
+        True, description="Fit a scope router with each adapter and let the base answer conversations outside the adapter's scope (chat, API and evaluation)."
+    )
     train_max_length: int = Field(512, gt=0, description="Longest training sequence in tokens; curation trims a longer conversation from the front to fit (3 characters a token).")
     train_cpu_bf16: bool | None = Field(
         None, description="bf16 autocast when training on a CPU (unset: on where the CPU runs bf16 natively)."

@@ -249,7 +249,8 @@ class ChatEngine:
         if loaded.model.config._attn_implementation != settings.chat_attention:
             loaded.model.set_attn_implementation(settings.chat_attention)
         self.adapters = AdapterSet(
-            loaded, merge=settings.chat_merge_adapter, batching=settings.chat_batching, max_batch=settings.chat_max_batch
+            loaded, merge=settings.chat_merge_adapter, batching=settings.chat_batching, max_batch=settings.chat_max_batch,
+            routing=settings.scope_routing,
         )
         self.model_version = Path(loaded.source).name[:128]
         self._serving: str | None = None
@@ -388,8 +389,8 @@ class ChatEngine:
         """
         message = self.check_message(message)
         self.refresh()
-        adapter = self._serving
         messages = [{"role": "system", "content": self.system_prompt()}, *session.history(), {"role": "user", "content": message}]
+        adapter = self.adapters.route(self._serving, messages)  # outside the adapter's scope the base answers
         stream = self.adapters.stream_generate(
             messages,
             adapter,
@@ -492,6 +493,7 @@ class ChatEngine:
         sent = [{"role": m["role"], "content": m["content"]} for m in messages]
         if sent[0]["role"] != "system":
             sent.insert(0, {"role": "system", "content": self.system_prompt()})
+        adapter = self.adapters.route(adapter, sent)  # outside the adapter's scope the base answers
         stream = self.adapters.stream_generate(
             sent,
             adapter,

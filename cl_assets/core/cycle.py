@@ -51,6 +51,16 @@ class Trained:
     def loss_curve(self) -> Path:
         return self.output_dir / LOSS_CURVE_PNG
 
+    @property
+    def scope(self) -> dict[str, Any]:
+        """The scope router's figures from training.json (`scope_layer`, `scope_cv_recall`, ...); {} without one."""
+        import json
+
+        from cl_assets.core.training.trainer import TRAINING_JSON
+
+        metrics = json.loads((self.output_dir / TRAINING_JSON).read_text(encoding="utf-8")).get("metrics", {})
+        return {key: value for key, value in metrics.items() if key.startswith("scope_")}
+
 
 def train_partition(
     settings: Settings,
@@ -226,7 +236,7 @@ def evaluate_partition(
     candidate_path = registry.verified_path(adapter_id)
     deployed = registry.current().adapter_id
     deployed_path = registry.verified_path(deployed) if deployed and deployed != adapter_id else None
-    adapters = AdapterSet(load_base_model(base_model))
+    adapters = AdapterSet(load_base_model(base_model), routing=settings.scope_routing)
     report = compare_for_snapshot(
         settings,
         adapters,

@@ -162,6 +162,7 @@ class ItemResult:
     stale_keywords: tuple[str, ...] = ()
     stale: bool = False  # the answer holds a stale keyword: it repeats a fact that changed
     group: str | None = None
+    routed_to_base: bool = False  # outside the adapter's scope: the base model answered (`core/scope.py`)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -221,6 +222,11 @@ class EvalResult:
     def correct_ids(self) -> frozenset[str]:
         return frozenset(i.id for i in self.items if i.correct)
 
+    @property
+    def routed_to_base(self) -> int:
+        """Items outside the adapter's scope, answered by the base model."""
+        return sum(i.routed_to_base for i in self.items)
+
     def groups(self) -> dict[str, GroupScore]:
         """Scores per item group (only when the QA set names groups), in the set's order."""
         out: dict[str, list[ItemResult]] = {}
@@ -248,6 +254,7 @@ class EvalResult:
             "max_new_tokens": self.max_new_tokens,
             "system_prompt": self.system_prompt,
             "batch_size": self.batch_size,
+            "routed_to_base": self.routed_to_base,
             "groups": {name: g.to_dict() for name, g in self.groups().items()},
             "stale": self.stale.to_dict() if self.stale else None,
             "items": [i.to_dict() for i in self.items],
@@ -297,39 +304,54 @@ def _check_target(target: LoadedModel | AdapterSet, adapter_id: str | None) -> N
         raise ValueError("A LoadedModel has no adapters; pass an AdapterSet to evaluate an adapter.")
 
 
+Answer = tuple[str, float, float, int, float, bool]  # text, latency, TTFT, tokens, tokens/s, routed to base
+
+
 def _answer_one_by_one(
     target: LoadedModel | AdapterSet, items: Sequence[QAItem], adapter_id: str | None,
     max_new_tokens: int, system_prompt: str | None,
-) -> list[tuple[str, float, float, int, float]]:
+) -> list[Answer]:
     answers = []
     for item in items:
         messages = _messages(item, system_prompt)
         if isinstance(target, AdapterSet):
-            gen = target.generate(messages, adapter_id, max_new_tokens=max_new_tokens, temperature=0.0)
+            answering = target.route(adapter_id, messages)  # as the chat does: routing is part of the latency
+            gen = target.generate(messages, answering, max_new_tokens=max_new_tokens, temperature=0.0)
         else:
+            answering = adapter_id
             gen = generate(target.model, target.tokenizer, messages, max_new_tokens=max_new_tokens, temperature=0.0)
-        answers.append((gen.text, gen.latency_ms, gen.ttft_ms, gen.completion_tokens, gen.tokens_per_s))
+        answers.append((gen.text, gen.latency_ms, gen.ttft_ms, gen.completion_tokens, gen.tokens_per_s,
+                        answering != adapter_id))
     return answers
 
 
 def _answer_batched(
     target: LoadedModel | AdapterSet, items: Sequence[QAItem], adapter_id: str | None,
     max_new_tokens: int, system_prompt: str | None, batch_size: int, progress: Progress | None,
-) -> list[tuple[str, float, float, int, float]]:
+) -> list[Answer]:
     from cl_assets.core.batch_decode import greedy_answers
 
     conversations = [_messages(item, system_prompt) for item in items]
     label = adapter_id or BASE_LABEL
     report = (lambda done, total: progress(f"{label}: {done}/{total} answered")) if progress else None
-    if isinstance(target, AdapterSet):
-        with target.using(adapter_id) as model:
-            batch = greedy_answers(model, target.tokenizer, conversations, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, progress=report)
-    else:
+    if not isinstance(target, AdapterSet):
         batch = greedy_answers(target.model, target.tokenizer, conversations, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, progress=report)
-    # A batch has no per-answer first token: its wall time stands for latency and TTFT alike.
-    return [(a.text, a.latency_ms, a.latency_ms, a.completion_tokens, a.tokens_per_s) for a in batch]
+        return [(a.text, a.latency_ms, a.latency_ms, a.completion_tokens, a.tokens_per_s, False) for a in batch]
+    # Each conversation goes to whoever the adapter's scope sends it to, as in the chat.
+    inside = target.in_scope(adapter_id, conversations) if adapter_id is not None else [True] * len(items)
+    answers: list[Answer | None] = [None] * len(items)
+    for answering, wanted in ((adapter_id, True), (None, False)):
+        picked = [i for i, flag in enumerate(inside) if flag == wanted]
+        if not picked:
+            continue
+        with target.using(answering) as model:
+            batch = greedy_answers(model, target.tokenizer, [conversations[i] for i in picked],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, progress=report)
+        for i, a in zip(picked, batch, strict=True):
+            # A batch has no per-answer first token: its wall time stands for latency and TTFT alike.
+            answers[i] = (a.text, a.latency_ms, a.latency_ms, a.completion_tokens, a.tokens_per_s, not wanted)
+    return [a for a in answers if a is not None]
 
 
 def evaluate_model(
@@ -357,7 +379,7 @@ def evaluate_model(
     else:
         answers = _answer_batched(target, items, adapter_id, max_new_tokens, system_prompt, batch_size, progress)
     results: list[ItemResult] = []
-    for item, (text, latency_ms, ttft_ms, completion_tokens, tokens_per_s) in zip(items, answers, strict=True):
+    for item, (text, latency_ms, ttft_ms, completion_tokens, tokens_per_s, routed) in zip(items, answers, strict=True):
         score = score_answer(text, item.keywords)
         folded = text.casefold()
         results.append(
@@ -376,6 +398,7 @@ def evaluate_model(
                 stale_keywords=item.stale,
                 stale=any(k.casefold() in folded for k in item.stale),
                 group=item.group,
+                routed_to_base=routed,
             )
         )
         log.debug("%s %s: %s", adapter_id or BASE_LABEL, item.id, "ok" if score.correct else "miss")
@@ -512,6 +535,8 @@ def _score_with(
 ) -> list[Any]:
     from cl_assets.core.batch_decode import score_answers
 
+    if not conversations:
+        return []
     with adapters.using(adapter_id) as model:
         return score_answers(model, adapters.tokenizer, conversations, answers, prefix=DRIFT_PREFIX_TOKENS,
                              batch_size=batch_size)
@@ -526,17 +551,24 @@ def measure_drift(
     base_scores: list[tuple[float, int]] | None = None,
 ) -> tuple[Drift, list[tuple[float, int]]]:
     """Score the base's answers in `base_answers` under the candidate (and the base, unless
-    `base_scores` is given); returns the drift and the base's scores for caching."""
+    `base_scores` is given); returns the drift and the base's scores for caching.
+
+    A prompt outside the candidate's scope is answered by the base itself, so there the served
+    model is the base: no drift, by construction, and nothing to score."""
     conversations = [_messages(item, base_answers.system_prompt) for item in base_answers.items]
     answers = [item.answer for item in base_answers.items]
     if base_scores is None:
         base_scores = [(s.nll, s.tokens) for s in _score_with(adapters, None, conversations, answers, batch_size)]
-    candidate = _score_with(adapters, candidate_id, conversations, answers, batch_size)
-    items = tuple(
-        DriftItem(item.id, c.tokens, b_nll, c.nll, c.prefix_kept)
-        for item, (b_nll, _), c in zip(base_answers.items, base_scores, candidate, strict=True)
-    )
-    return Drift(DRIFT_PREFIX_TOKENS, items), base_scores
+    inside = adapters.in_scope(candidate_id, conversations)
+    picked = [i for i, flag in enumerate(inside) if flag]
+    scored = dict(zip(picked, _score_with(adapters, candidate_id, [conversations[i] for i in picked],
+                                          [answers[i] for i in picked], batch_size), strict=True))
+    items = []
+    for i, (item, (b_nll, tokens)) in enumerate(zip(base_answers.items, base_scores, strict=True)):
+        c = scored.get(i)
+        items.append(DriftItem(item.id, c.tokens, b_nll, c.nll, c.prefix_kept) if c is not None
+                     else DriftItem(item.id, tokens, b_nll, b_nll, True))
+    return Drift(DRIFT_PREFIX_TOKENS, tuple(items)), base_scores
 
 
 # --------------------------------------------------------------------------- base-model cache

@@ -53,7 +53,7 @@ def test_three_turn_conversation_is_one_line_and_trains_only_the_answers_that_co
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         trainer = trainer_module._make_trainer(
             model, tokenizer, rows, config, tmp_path / f"run{padding_free}", detect_precision(),
-            config.to_lora_config(), TrainerCallback(),
+            config.to_lora_config(model), TrainerCallback(),
         )  # fmt: skip
         examples = [trainer.train_dataset[i] for i in range(len(rows))]
         batch = trainer.data_collator(examples)

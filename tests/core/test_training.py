@@ -217,8 +217,10 @@ def test_config_from_settings_and_cpu_conversions(tmp_path: Path) -> None:
         256,
         7,
     )
-    lora = config.to_lora_config()
+    lora = config.replace(lora_layers_from=0.0).to_lora_config()
     assert (lora.r, lora.lora_alpha, lora.target_modules, lora.task_type) == (4, 8, "all-linear", "CAUSAL_LM")
+    with pytest.raises(ValueError, match="needs the model"):
+        config.to_lora_config()  # the upper half only: the layers are counted on the model
 
     sft = config.to_sft_config(tmp_path / "o")
     from cl_assets.core.training.device import cpu_has_native_bf16
@@ -255,7 +257,7 @@ def test_padding_free_batches_give_the_padded_loss(tiny_model_dir: Path, sft_sna
         config = TrainConfig(padding_free=padding_free, max_steps=1, **TINY)
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
         trainer = trainer_module._make_trainer(
-            model, tokenizer, rows, config, tmp_path / str(padding_free), detect_precision(), config.to_lora_config(),
+            model, tokenizer, rows, config, tmp_path / str(padding_free), detect_precision(), config.to_lora_config(model),
             TrainerCallback(),
         )
         examples = [trainer.train_dataset[i] for i in range(4)]
@@ -422,7 +424,7 @@ def test_the_kl_anchor_holds_the_adapter_to_the_base_on_anchor_prompts(
     anchor = _anchor_file(tmp_path / "anchor.jsonl", rows=4)
     runs = {}
     for weight in (0.0, 5.0):
-        config = TrainConfig(epochs=3, anchor_loss="kl", anchor_weight=weight, anchor_batch_size=2,
+        config = TrainConfig(epochs=3, anchor_loss="kl", anchor_weight=weight, anchor_batch_size=2, lora_layers_from=0.0,
                              **{**TINY, "learning_rate": 1e-2})
         result = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / f"kl{weight}", config, anchor_path=anchor)
         record = json.loads((result.output_dir / TRAINING_JSON).read_text())
@@ -535,3 +537,32 @@ def test_train_partition_trains_on_the_replay_rows_it_is_given(tiny_model_dir: P
     assert record["anchor"]["snapshot_rows"] >= curated.snapshot.n_rows
     # The KL anchor (the default) keeps the anchor rows a stream of their own, beside the snapshot's.
     assert record["anchor"]["loss"] == "kl" and record["metrics"]["rows"] == record["anchor"]["snapshot_rows"]
+
+
+def test_an_upper_layer_adapter_ships_its_scope_router(sft_snapshot: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from cl_assets.core.scope import SCOPE_FILE, ScopeRouter
+
+    anchor = _anchor_file(tmp_path / "anchor.jsonl")
+    config = TrainConfig(max_steps=2, **TINY)  # LoRA on the upper half: layer 1 of the tiny model's 2
+    result = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "scoped", config, anchor_path=anchor)
+    keys = load_file(str(result.output_dir / "adapter_model.safetensors"))
+    assert keys and all(".layers.1." in key for key in keys)
+    router = ScopeRouter.from_bytes((result.output_dir / SCOPE_FILE).read_bytes())
+    assert router.layer == 1
+    assert (router.stats["inside"], router.stats["outside"]) == (len(FACTS), 6)  # snapshot users vs anchor users
+    record = json.loads((result.output_dir / TRAINING_JSON).read_text())
+    assert record["metrics"]["scope_layer"] == 1 and 0 <= record["metrics"]["scope_cv_recall"] <= 1
+
+    # a warm start keeps its parent's scope: the facts the parent taught stay in the weights
+    child = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "child", config, anchor_path=anchor,
+                          parent_adapter=result.output_dir)
+    child_router = ScopeRouter.from_bytes((child.output_dir / SCOPE_FILE).read_bytes())
+    assert child_router.stats["inside"] == 2 * len(FACTS)
+
+    # no router without out-of-scope examples, or when every layer is adapted
+    plain = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "plain", config)
+    full = train_adapter(sft_snapshot, tiny_model_dir, tmp_path / "full", config.replace(lora_layers_from=0.0),
+                         anchor_path=anchor)
+    assert not (plain.output_dir / SCOPE_FILE).exists() and not (full.output_dir / SCOPE_FILE).exists()

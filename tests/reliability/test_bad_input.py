@@ -222,8 +222,9 @@ def test_the_trainer_tokenizes_control_tokens_in_messages_as_text(tiny_model_dir
         "completion": [{"role": "assistant", "content": f"Answer {i}."}], **({"label": i % 2 == 0} if mode == "kto" else {})}
         for i in range(4)
     ]
-    trainer = _make_trainer(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tokenizer, rows, config, tmp_path,
-                            detect_precision(), config.to_lora_config(), _progress_callback_class()(None))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    trainer = _make_trainer(model, tokenizer, rows, config, tmp_path, detect_precision(), config.to_lora_config(model),
+                            _progress_callback_class()(None))
     for example in trainer.train_dataset:
         ids = list(example["prompt_ids"]) + list(example["completion_ids"]) if "prompt_ids" in example else example["input_ids"]
         conversation = rows[0]["prompt"] + rows[0]["completion"]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from cl_assets.core.model.base import LoadedModel, Message, ModelError
 from cl_assets.core.model.generation import GenerationResult, GenerationStream, _as_set
+from cl_assets.core.scope import SCOPE_FILE, ScopeRouter, message_features, user_texts
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -49,13 +50,22 @@ class AdapterWeights:
     config: Any  # a peft LoraConfig
     tensors: dict[str, Any]  # PEFT's saved keys ("...q_proj.lora_A.weight") -> torch.Tensor
     source: Path
+    scope: ScopeRouter | None = None  # which conversations it answers (`core/scope.py`); None: all
+
+    @property
+    def lowest_layer(self) -> int:
+        """The lowest decoder layer the adapter changes (0 when it names no layers: all of them)."""
+        layers = getattr(self.config, "layers_to_transform", None)
+        if isinstance(layers, int):
+            return layers
+        return min(layers) if layers else 0
 
     @classmethod
     def read(cls, path: str | Path) -> AdapterWeights:
         """Read a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`)."""
         path = Path(path)
         files = {}
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, SCOPE_FILE):
             try:
                 files[name] = (path / name).read_bytes()
             except FileNotFoundError:
@@ -85,7 +95,15 @@ class AdapterWeights:
         if getattr(config, "peft_type", None) is None or config.peft_type.value != "LORA":
             raise ModelError(f"{source} is not a LoRA adapter (PEFT type {getattr(config, 'peft_type', None)}).")
         config.inference_mode = True
-        return cls(config, tensors, source)
+        scope = None
+        if SCOPE_FILE in files:
+            try:
+                scope = ScopeRouter.from_bytes(files[SCOPE_FILE])
+            except ValueError as exc:
+                raise ModelError(f"{source}: {exc}") from exc
+            if scope.layer > (min(config.layers_to_transform) if config.layers_to_transform else 0):
+                raise ModelError(f"{source}: its scope reads layer {scope.layer}, which the adapter itself changes.")
+        return cls(config, tensors, source, scope)
 
     @functools.cached_property
     def slot_signature(self) -> tuple[Any, ...]:
@@ -146,6 +164,7 @@ class AdapterSet:
     merge: bool = False
     batching: bool = False
     max_batch: int = 8
+    routing: bool = True  # honour adapters' scope routers (`scope`); False: an adapter answers everything
     _peft: PeftModel | None = field(default=None, init=False, repr=False)
     _paths: dict[str, Path] = field(default_factory=dict, init=False)
     _weights: dict[str, AdapterWeights] = field(default_factory=dict, init=False, repr=False)
@@ -371,6 +390,42 @@ class AdapterSet:
                 del self._slots[signature]
                 self._drop_slot(slot.name)
                 self._apply(self._active)
+
+    def scope(self, adapter_id: str | None) -> ScopeRouter | None:
+        """The loaded adapter's scope router (None: it answers every conversation, as with routing off)."""
+        weights = self._weights.get(adapter_id) if adapter_id is not None and self.routing else None
+        return weights.scope if weights is not None else None
+
+    def in_scope(self, adapter_id: str, conversations: Sequence[Sequence[Message]]) -> list[bool]:
+        """For each conversation, whether `adapter_id` answers it (True throughout without a scope).
+
+        Decided on its last two user messages (`scope.user_texts`): either in scope is enough.
+        The features come from layers the adapter never changes; if the adapter active now
+        does change them (an older, full-depth adapter), the base is switched in first."""
+        router = self.scope(adapter_id)
+        texts = [user_texts(messages) for messages in conversations]
+        if router is None:
+            return [True] * len(conversations)
+        flat = [text for group in texts for text in group]
+        if not flat:
+            return [True] * len(conversations)
+        with self._exclusive():
+            active = self._weights.get(self._active) if self._active is not None else None
+            if active is not None and active.lowest_layer < router.layer:
+                self.activate(None)
+            verdicts = router.in_scope(message_features(self.base.model, self.tokenizer, flat, router.layer))
+        answers, at = [], 0
+        for group in texts:
+            answers.append(not group or any(verdicts[at:at + len(group)]))
+            at += len(group)
+        return answers
+
+    def route(self, adapter_id: str | None, messages: Sequence[Message]) -> str | None:
+        """Who answers `messages` when `adapter_id` is asked for: the adapter, or None (the base
+        model, as it always answered) when the conversation lies outside the adapter's scope."""
+        if adapter_id is None or self.scope(adapter_id) is None:
+            return adapter_id
+        return adapter_id if self.in_scope(adapter_id, [messages])[0] else None
 
     @contextlib.contextmanager
     def using(self, adapter_id: str | None) -> Iterator[Any]:

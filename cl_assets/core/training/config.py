@@ -50,6 +50,18 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the LoRA weights."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_layers_from: float = field(
+        default=0.5,
+        metadata={
+            "help": "Share of the depth below which layers get no LoRA, in [0, 1) (0: every layer). Above 0 the "
+            "adapter leaves the lower layers as the base has them, and a scope router is fitted on the hidden "
+            "state entering the first adapted layer (`core/scope.py`)."
+        },
+    )
+    scope_router: bool = field(
+        default=True,
+        metadata={"help": "Fit a scope router (needs anchor rows as out-of-scope examples and lora_layers_from > 0)."},
+    )
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
     target_modules: str | tuple[str, ...] = field(
         default="all-linear",
@@ -126,6 +138,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.lora_layers_from < 1:
+            raise ValueError(f"lora_layers_from must be in [0, 1), got {self.lora_layers_from}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 <= self.nice <= 19:
@@ -152,6 +166,8 @@ class TrainConfig:
             "learning_rate": settings.learning_rate,
             "lora_r": settings.lora_r,
             "lora_alpha": settings.lora_alpha,
+            "lora_layers_from": settings.lora_layers_from,
+            "scope_router": settings.scope_routing,
             "max_length": settings.train_max_length,
             "seed": settings.seed,
             "cpu_bf16": settings.train_cpu_bf16,
@@ -173,15 +189,35 @@ class TrainConfig:
 
     # -- the one boundary to PEFT / TRL ---------------------------------------------------------
 
-    def to_lora_config(self) -> LoraConfig:
+    def first_lora_layer(self, num_layers: int) -> int:
+        """Index of the lowest decoder layer that gets LoRA (0: all of them)."""
+        return min(round(num_layers * self.lora_layers_from), num_layers - 1)
+
+    def to_lora_config(self, model: Any = None) -> LoraConfig:
+        """PEFT's config; `model` (the base) is needed when `lora_layers_from` > 0, to count its layers
+        and, for `all-linear`, to name its linear modules (PEFT takes a layer list only with names)."""
         from peft import LoraConfig
 
-        targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        targets: Any = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        layers = None
+        if self.lora_layers_from > 0:
+            if model is None:
+                raise ValueError("to_lora_config needs the model when lora_layers_from > 0")
+            num_layers = model.config.num_hidden_layers
+            layers = list(range(self.first_lora_layer(num_layers), num_layers))
+            if targets == "all-linear":
+                import torch
+
+                targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                                  if isinstance(module, torch.nn.Linear) and ".layers." in name})
+            elif isinstance(targets, str):
+                raise ValueError("lora_layers_from > 0 needs module names (or all-linear), not a regex")
         return LoraConfig(
             r=self.lora_r,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
             target_modules=targets,
+            layers_to_transform=layers,
             bias="none",
             task_type="CAUSAL_LM",
         )

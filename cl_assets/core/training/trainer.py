@@ -24,6 +24,7 @@ from typing import Any
 
 from cl_assets.core.files import atomic_directory
 from cl_assets.core.snapshot import file_sha256
+from cl_assets.core.scope import user_texts
 from cl_assets.core.training.config import TrainConfig
 from cl_assets.core.training.data import SnapshotError, load_rows
 from cl_assets.core.training.device import Precision, detect_precision
@@ -149,8 +150,11 @@ def train_adapter(
     rows = load_rows(snapshot_path, config.mode, config.system_prompt)
     anchor = None
     anchor_rows: list[dict[str, Any]] = []
+    outside: list[str] = []  # the anchor prompts: out of the adapter's scope by construction
+    inside = sorted({text for row in rows for text in user_texts(row["prompt"], last=1_000)})
     if anchor_path is not None:
         anchor_rows = load_rows(Path(anchor_path), "sft")
+        outside = sorted({text for row in anchor_rows for text in user_texts(row["prompt"], last=1_000)})
         # KTO has no KL anchor of its own kind: there the base's answers are desirable rows.
         loss = config.anchor_loss if config.mode == "sft" else "sft"
         anchor = {"path": str(Path(anchor_path).resolve()), "sha256": file_sha256(Path(anchor_path)),
@@ -178,6 +182,7 @@ def train_adapter(
             anchor=anchor,
             anchor_rows=anchor_rows,
             progress=progress,
+            scope_texts=(inside, outside),
         )
     log.info(
         "adapter %s: %d steps, final loss %.4f, %.0f tokens/s, %.1f s (%s)",
@@ -304,6 +309,7 @@ def _train_into(
     progress: Callable[[TrainProgress], None] | None,
     anchor: dict[str, Any] | None = None,
     anchor_rows: list[dict[str, Any]] | None = None,
+    scope_texts: tuple[list[str], list[str]] = ([], []),
 ) -> TrainResult:
     from transformers import AutoTokenizer, set_seed
 
@@ -314,7 +320,7 @@ def _train_into(
     with _quiet_progress_bars():
         tokenizer = AutoTokenizer.from_pretrained(str(base_model))
         model = _load_model(base_model, precision, config, parent_adapter)
-        peft_config = None if parent_adapter is not None else config.to_lora_config()
+        peft_config = None if parent_adapter is not None else config.to_lora_config(model)
         trainer = _build_trainer(model, tokenizer, rows, config, staging, precision, peft_config, callback,
                                  anchor_rows or [])
     try:
@@ -330,6 +336,7 @@ def _train_into(
         tokens = int(state.num_input_tokens_seen or 0)
         steps = int(state.global_step)
         lora = peft_model.peft_config["default"].to_dict()
+        scope_stats = _write_scope(peft_model, tokenizer, config, staging, scope_texts, parent_adapter)
         arguments = trainer.args.to_dict()
         arguments["output_dir"] = "<adapter folder>"  # the staging path means nothing after the rename
     finally:
@@ -352,6 +359,7 @@ def _train_into(
     metrics.update(
         {f"last_{key}": value for key, value in callback.last_logs.items() if key.startswith(("rewards/", "kl", "anchor_kl"))}
     )
+    metrics.update({f"scope_{key}": value for key, value in (scope_stats or {}).items()})
     if config.mode == "kto":
         metrics["desirable_rows"] = sum(1 for row in rows if row["label"])
         metrics["undesirable_rows"] = len(rows) - metrics["desirable_rows"]
@@ -393,6 +401,43 @@ def _train_into(
         duration_s=duration,
         metrics=metrics,
     )
+
+
+def _write_scope(peft_model: Any, tokenizer: Any, config: TrainConfig, staging: Path,
+                 texts: tuple[list[str], list[str]], parent_adapter: Path | None) -> dict[str, Any] | None:
+    """Fit the adapter's scope router (`core/scope.py`) and save it beside the weights.
+
+    In scope: the snapshot's user messages, plus the parent's in-scope messages on a warm start
+    (its facts stay in the weights). None (no router: the adapter answers everything) when it is
+    off, when there are no anchor prompts to stand for "out of scope", or when the adapter also
+    changes the layers the router would read."""
+    import torch
+
+    from cl_assets.core.scope import SCOPE_FILE, ScopeRouter, fit_scope, message_features
+
+    inside, outside = texts
+    layers_changed = peft_model.peft_config["default"].layers_to_transform
+    if not config.scope_router:
+        return None
+    if not layers_changed or min(layers_changed) < 1:
+        log.info("no scope router: the adapter changes every layer, so no layer reads the same merged or not")
+        return None
+    if len(outside) < 2 or len(inside) < 2:
+        log.info("no scope router: %d in-scope and %d out-of-scope messages (2 of each needed)", len(inside), len(outside))
+        return None
+    layer = min(layers_changed)  # the hidden state entering the first adapted layer: the base's own
+    with peft_model.disable_adapter():
+        features_in = message_features(peft_model, tokenizer, inside, layer)
+        features_out = message_features(peft_model, tokenizer, outside, layer)
+    parent_scope = Path(parent_adapter) / SCOPE_FILE if parent_adapter is not None else None
+    if parent_scope is not None and parent_scope.is_file():
+        parent = ScopeRouter.from_bytes(parent_scope.read_bytes())
+        if parent.layer == layer:
+            features_in = torch.cat([features_in, parent.positives.float()])
+    router = fit_scope(features_in, features_out, layer, seed=config.seed)
+    (staging / SCOPE_FILE).write_bytes(router.to_bytes())
+    log.info("scope router at layer %d: %s", layer, router.stats)
+    return {"layer": layer, **router.stats}
 
 
 @contextlib.contextmanager

@@ -48,6 +48,9 @@ def adapter_eval(context: AssetExecutionContext, store: StoreResource, base_mode
             "general_mcnemar_p": pair.p_worse if pair else 1.0,
             "drift_nll_per_token": drift.extra_nll_per_token if drift else "n/a",
             "drift_prefix_kept": drift.prefix_kept if drift else "n/a",
+            # the adapter's scope router (core/scope.py): questions it sent to the base model
+            "taught_routed_to_base": cand.routed_to_base,
+            **({"general_routed_to_base": report.general[report.candidate].routed_to_base} if report.general else {}),
             "latency_p50_ms": cand.latency_p50_ms,
             "latency_p95_ms": cand.latency_p95_ms,
             "tokens_per_s": cand.tokens_per_s,

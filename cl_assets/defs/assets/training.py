@@ -73,6 +73,8 @@ def lora_adapter(context: AssetExecutionContext, store: StoreResource, base_mode
             "parent_adapter": trained.parent_id or "none",
             "path": MetadataValue.path(str(trained.output_dir)),
             "loss_curve": image(trained.loss_curve, "training loss"),
+            # the scope router (core/scope.py): held-out recall and false-in rate of its 5-fold check
+            **(trained.scope or {"scope": "none (routing off, no anchor prompts, or every layer adapted)"}),
         }
     )
     problem = load_check(settings, store.get(), context.partition_key, base_model.folder())
