@@ -26,6 +26,22 @@ def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
+    """Write chunks of bytes to a temp file beside `path`, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_lines(path, [text.removesuffix("\n")])
 

@@ -65,17 +65,16 @@ CHILD = textwrap.dedent(
         import cl_assets.core.curation as curation
 
         if stage == "writing":  # some lines are in the temp file, the rest not yet
-            real = curation.writing.atomic_write_lines
+            real = curation.writing.atomic_write_bytes
 
-            def slow(path, lines):
-                def lines_then_hang():
-                    for number, line in enumerate(lines):
-                        yield line
-                        if number == 3:
-                            hang()
-                real(path, lines_then_hang())
+            def slow(path, chunks):
+                def first_chunk_then_hang():
+                    for chunk in chunks:
+                        yield chunk
+                        hang()
+                real(path, first_chunk_then_hang())
 
-            curation.writing.atomic_write_lines = slow
+            curation.writing.atomic_write_bytes = slow
         elif stage == "renamed":  # the complete file is in place, the row not yet written
             Store.add_snapshot = lambda self, **fields: hang()
         elif stage == "committing":

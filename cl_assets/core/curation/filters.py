@@ -325,7 +325,7 @@ def curate_rows(
     counts = {key: after[key] for key in COUNT_KEYS[:-2]}
     counts["replay_added"] = after["replay"] - after["per_user_cap"]
     counts["final"] = after["replay"]
-    with_chain = rows[ROW].is_in(contexts.chains[ROW].unique()) if not contexts.chains.is_empty() else None
+    with_chain = rows[ROW].is_in(contexts.chains[ROW].unique().implode()) if not contexts.chains.is_empty() else None
     counts["with_context"] = int(rows[BODY].is_not_null().sum()) + (int(with_chain.sum()) if with_chain is not None else 0)
     counts["context_trimmed"] = contexts.trimmed
     if settings.train_mode == "kto":

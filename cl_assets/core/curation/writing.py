@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from cl_assets.core.curation.columns import LABEL, PROMPT, REPLAY_FROM, RESPONSE, USER
@@ -15,7 +16,7 @@ from cl_assets.core.curation.context import BODY
 from cl_assets.core.curation.filters import curate_rows, with_bodies
 from cl_assets.core.curation.replay import replay_pool
 from cl_assets.core.events import record_event
-from cl_assets.core.files import atomic_write_lines
+from cl_assets.core.files import atomic_write_bytes
 from cl_assets.core.snapshot import (
     check_snapshot_id,
     file_sha256,
@@ -23,7 +24,7 @@ from cl_assets.core.snapshot import (
     snapshot_path,
 )
 from cl_assets.core.store import Store
-from cl_assets.core.store.frames import load_interactions, load_messages
+from cl_assets.core.store.frames import load_conversations
 from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,12 @@ class SnapshotResult:
     counts: dict[str, int]
 
 
-def chatml_lines(rows: pl.DataFrame, train_mode: str) -> pl.Series:
+def chatml_lines(rows: pl.DataFrame, train_mode: str, *, newline: bool = False) -> pl.Series:
     """One JSON conversation per row, encoded by Polars (no per-row Python).
 
     Each message is a JSON object encoded by `json_encode`; only the fixed frame around them
     is literal text. A row's BODY (its context up to the prompt, already encoded) comes before
-    the answer; a row without one is its prompt and answer.
+    the answer; a row without one is its prompt and answer. `newline`: end each line with one.
     """
 
     def message(role: str, column: str) -> pl.Expr:
@@ -72,8 +73,16 @@ def chatml_lines(rows: pl.DataFrame, train_mode: str) -> pl.Series:
     parts = [pl.lit('{"messages":['), before, pl.lit(","), message("assistant", RESPONSE), pl.lit("]")]
     if train_mode == "kto":
         parts.append(pl.when(pl.col(LABEL)).then(pl.lit(',"label":true')).otherwise(pl.lit(',"label":false')))
-    parts.append(pl.lit("}"))
+    parts.append(pl.lit("}\n" if newline else "}"))
     return rows.select(pl.concat_str(parts).alias("line")).to_series()
+
+
+def _utf8(lines: pl.Series) -> memoryview:
+    """The UTF-8 bytes of `lines`, back to back: Arrow's data buffer of the column, not a
+    Python string per line."""
+    array = lines.to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: int64 offsets, one data buffer
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    return memoryview(array.buffers()[2])[offsets[0] : offsets[-1]]
 
 
 def curate_snapshot(
@@ -101,15 +110,18 @@ def curate_snapshot(
     # Rated 👍 since the previous snapshot: their answers supersede older ones to the same question.
     fresh = store.rated_helpful_since(previous.feedback_watermark) if previous is not None else None
     pool, pool_users = replay_pool(store, snapshot_id, settings.train_mode) if settings.replay_fraction > 0 else (None, {})
-    rows, counts, write_bodies = curate_rows(load_interactions(store, since), settings, pool, load_messages(store), fresh)
+    interactions, messages = load_conversations(store, since)
+    rows, counts, write_bodies = curate_rows(interactions, settings, pool, messages, fresh)
+    del interactions, messages
     if rows.is_empty():
         raise NothingToCurateError(counts)
 
-    def lines() -> Iterator[str]:  # in slices: one slice's contexts and lines alive at a time
+    def chunks() -> Iterator[memoryview]:  # in slices: one slice's contexts and lines alive at a time
         for start in range(0, rows.height, _LINES_CHUNK):
-            yield from chatml_lines(with_bodies(rows.slice(start, _LINES_CHUNK), write_bodies), settings.train_mode)
+            part = with_bodies(rows.slice(start, _LINES_CHUNK), write_bodies)
+            yield _utf8(chatml_lines(part, settings.train_mode, newline=True))
 
-    atomic_write_lines(path, lines())
+    atomic_write_bytes(path, chunks())
     try:
         sha256 = file_sha256(path)
         user_hashes = set(rows[USER].drop_nulls().unique().to_list())

@@ -68,6 +68,7 @@ MESSAGES_SCHEMA: dict[str, pl.DataType] = {
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S%.f"  # how SQLAlchemy stores DateTime on SQLite
 _SQLITE_BATCH_ROWS = 100_000  # rows per Arrow batch; ADBC infers each column's type from the first
+_ID_HASH_SEED = 5
 
 
 def load_interactions(store: Store, since: datetime | None = None, batch_size: int = 100_000) -> pl.LazyFrame:
@@ -81,9 +82,9 @@ def load_interactions(store: Store, since: datetime | None = None, batch_size: i
     if since is not None:
         # SQLite keeps UTC wall times without an offset: compare in UTC on both databases.
         moment = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
-    database = store.engine.url.database if store.dialect == "sqlite" else None
-    if database and database != ":memory:" and not database.startswith("file:"):
-        return _read_sqlite_file(store, Path(database), moment)
+    path = _sqlite_file(store)
+    if path is not None:
+        return _read_sqlite_file(store, path, moment)
     sqlite = store.dialect == "sqlite"
     stmt = _interactions_query(sqlite, nullable_user=True)
     if moment is not None:
@@ -125,16 +126,13 @@ def _interactions_query(sqlite: bool, nullable_user: bool) -> Select[Any]:
     )
 
 
-def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.LazyFrame:
-    """Read with ADBC, in a child process (see `arrow_reader` for why), in one statement.
+def _interactions_sql(store: Store, moment: datetime | None) -> tuple[str, str | None]:
+    """The interactions query for ADBC, and the `since` text it binds.
 
     ADBC types each column by the values of its first batch and fails on a later value of
     another type; a text column that is NULL throughout the first batch would come out as an
     integer. So `user_hash` arrives as a flag plus a text that is never NULL.
     """
-    from cl_assets.core.store.arrow_reader import read_query
-    from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
-
     dialect = store.engine.dialect
     stmt = _interactions_query(sqlite=True, nullable_user=False)
     since = None
@@ -142,12 +140,14 @@ def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
         stmt = stmt.where(Interaction.created_at > bindparam("since", type_=Interaction.created_at.type))
         to_text = Interaction.created_at.type.dialect_impl(dialect).bind_processor(dialect)
         since = to_text(moment) if to_text else str(moment)  # the text SQLAlchemy binds
-    frame = read_query(path, str(stmt.compile(dialect=dialect)), since, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
-                       batch_rows=_SQLITE_BATCH_ROWS)
-    # Casts for an empty result, whose columns ADBC types as integers. Collected (and in one
-    # chunk) here, so that the Arrow batches go now rather than live on in the plan.
+    return str(stmt.compile(dialect=dialect)), since
+
+
+def _interactions_from_arrow(frame: pl.DataFrame) -> pl.DataFrame:
+    # Casts for an empty result, whose columns ADBC types as integers. In one chunk, so that
+    # the Arrow batches go now rather than live on in a plan.
     text = {name: pl.col(name).cast(pl.String) for name in (ID, CREATED, USER, PROMPT, RESPONSE, PII, CONTEXT)}
-    converted = frame.lazy().select(
+    return frame.lazy().select(
         text[ID],
         text[CREATED].str.to_datetime(_SQLITE_TIME, time_zone="UTC"),
         pl.when(pl.col(_NO_USER) == 0).then(text[USER]).alias(USER),
@@ -157,8 +157,98 @@ def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.L
         pl.col(HELPFUL).cast(pl.Boolean),
         pl.col(REGENERATED).cast(pl.Boolean),
         pl.when(pl.col(_NO_CONTEXT) == 0).then(text[CONTEXT]).alias(CONTEXT),
+    ).collect().rechunk()
+
+
+def _read_sqlite_file(store: Store, path: Path, moment: datetime | None) -> pl.LazyFrame:
+    """Read with ADBC, in a child process (see `arrow_reader` for why), in one statement."""
+    from cl_assets.core.store.arrow_reader import read_query
+    from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
+
+    sql, since = _interactions_sql(store, moment)
+    frame = read_query(path, sql, since, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS, batch_rows=_SQLITE_BATCH_ROWS)
+    return _interactions_from_arrow(frame).lazy()
+
+
+def _sqlite_file(store: Store) -> Path | None:
+    """The store's SQLite file, where ADBC can read it (not in memory, not a URI)."""
+    database = store.engine.url.database if store.dialect == "sqlite" else None
+    if database and database != ":memory:" and not database.startswith("file:"):
+        return Path(database)
+    return None
+
+
+def load_conversations(store: Store, since: datetime | None = None) -> tuple[pl.LazyFrame, pl.DataFrame]:
+    """`load_interactions` and `load_messages` together, for curation.
+
+    From a SQLite file both come from one ADBC child in one read transaction (one snapshot:
+    every context an interaction names is there), and the interactions are converted here
+    while the child still reads the messages.
+    """
+    path = _sqlite_file(store)
+    if path is None:
+        return load_interactions(store, since), load_messages(store)
+    from cl_assets.core.store.arrow_reader import read_queries
+    from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
+
+    moment = None
+    if since is not None:
+        moment = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
+    results = read_queries(path, [_interactions_sql(store, moment), (_messages_sql(store), None)],
+                           busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS, batch_rows=_SQLITE_BATCH_ROWS)  # fmt: skip
+    interactions = _interactions_from_arrow(next(results))
+    messages = _messages_from_arrow(next(results))
+    for _ in results:  # lets the child finish
+        pass
+    return interactions.lazy(), messages
+
+
+def _messages_sql(store: Store) -> str:
+    stmt = select(  # NULLs as ''/-1: ADBC types a column by its first batch
+        Message.id.label(MSG_ID),
+        func.coalesce(Message.parent_id, literal_column("''")).label("_parent_id"),
+        Message.role.label(MSG_ROLE),
+        Message.content.label(MSG_CONTENT),
+        func.coalesce(Message.weight, literal_column("-1")).label(MSG_WEIGHT),
     )
-    return converted.collect().rechunk().lazy()
+    return str(stmt.compile(dialect=store.engine.dialect))
+
+
+def _messages_from_arrow(raw: pl.DataFrame) -> pl.DataFrame:
+    as_text = {name: pl.col(name).cast(pl.String) for name in (MSG_ID, "_parent_id", MSG_ROLE, MSG_CONTENT)}
+    frame = raw.select(
+        as_text[MSG_ID],
+        pl.when(as_text["_parent_id"] != "").then(as_text["_parent_id"]).alias("_parent_id"),
+        as_text[MSG_ROLE],
+        as_text[MSG_CONTENT],
+        pl.when(pl.col(MSG_WEIGHT) >= 0).then(pl.col(MSG_WEIGHT)).cast(pl.Int8).alias(MSG_WEIGHT),
+    ).rechunk()
+    return _with_parents(frame)
+
+
+def _with_parents(frame: pl.DataFrame) -> pl.DataFrame:
+    """MESSAGES_SCHEMA's frame: the parents' ids (`_parent_id`) become their places."""
+    parents = places(frame["_parent_id"], frame[MSG_ID])
+    return frame.select(MSG_ID, parents.cast(pl.Int64).fill_null(-1).alias(MSG_PARENT), MSG_ROLE, MSG_CONTENT, MSG_WEIGHT)
+
+
+def places(keys: pl.Series, ids: pl.Series) -> pl.Series:
+    """For each of `keys`, the place in `ids` (unique) of the same text; null where none is.
+
+    Matched on 64-bit hashes of the texts (a join of integers, several times faster than one
+    of strings), then every match is checked on the texts themselves; should two texts ever
+    share a hash, the strings are joined instead, so the result is always exact.
+    """
+    key_hash, id_hash = keys.hash(seed=_ID_HASH_SEED), ids.hash(seed=_ID_HASH_SEED)
+    index = pl.DataFrame({"_h": id_hash}).with_row_index("_place")
+    if index["_h"].is_unique().all():
+        found = pl.DataFrame({"_h": key_hash}).join(index, on="_h", how="left", maintain_order="left")["_place"]
+        found = pl.select(pl.when(keys.is_not_null()).then(found)).to_series()  # a null key has no place
+        matched = found.is_not_null()
+        if (keys.filter(matched) == ids.gather(found.filter(matched))).all():
+            return found
+    index = pl.DataFrame({"_key": ids}).with_row_index("_place")
+    return pl.DataFrame({"_key": keys}).join(index, on="_key", how="left", maintain_order="left")["_place"]
 
 
 def load_messages(store: Store, batch_size: int = 100_000) -> pl.DataFrame:
@@ -167,45 +257,27 @@ def load_messages(store: Store, batch_size: int = 100_000) -> pl.DataFrame:
 
     Read like the interactions: ADBC in a child for a SQLite file, SQLAlchemy batches otherwise.
     """
-    database = store.engine.url.database if store.dialect == "sqlite" else None
-    if database and database != ":memory:" and not database.startswith("file:"):
+    path = _sqlite_file(store)
+    if path is not None:
         from cl_assets.core.store.arrow_reader import read_query
         from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
 
-        stmt = select(  # NULLs as ''/-1: ADBC types a column by its first batch
-            Message.id.label(MSG_ID),
-            func.coalesce(Message.parent_id, literal_column("''")).label("_parent_id"),
-            Message.role.label(MSG_ROLE),
-            Message.content.label(MSG_CONTENT),
-            func.coalesce(Message.weight, literal_column("-1")).label(MSG_WEIGHT),
-        )
-        raw = read_query(Path(database), str(stmt.compile(dialect=store.engine.dialect)), None,
-                         busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS, batch_rows=_SQLITE_BATCH_ROWS)  # fmt: skip
-        as_text = {name: pl.col(name).cast(pl.String) for name in (MSG_ID, "_parent_id", MSG_ROLE, MSG_CONTENT)}
-        frame = raw.select(
-            as_text[MSG_ID],
-            pl.when(as_text["_parent_id"] != "").then(as_text["_parent_id"]).alias("_parent_id"),
-            as_text[MSG_ROLE],
-            as_text[MSG_CONTENT],
-            pl.when(pl.col(MSG_WEIGHT) >= 0).then(pl.col(MSG_WEIGHT)).cast(pl.Int8).alias(MSG_WEIGHT),
-        ).rechunk()
-        del raw
-    else:
-        stmt = select(
-            Message.id.label(MSG_ID),
-            Message.parent_id.label("_parent_id"),
-            Message.role.label(MSG_ROLE),
-            Message.content.label(MSG_CONTENT),
-            Message.weight.label(MSG_WEIGHT),
-        )
-        schema = {MSG_ID: pl.String(), "_parent_id": pl.String(), MSG_ROLE: pl.String(), MSG_CONTENT: pl.String(),
-                  MSG_WEIGHT: pl.Int8()}  # fmt: skip
-        with store.engine.connect() as conn:
-            batches = list(pl.read_database(stmt, conn, iter_batches=True, batch_size=batch_size, schema_overrides=schema))
-        frame = pl.concat(batches, rechunk=True) if batches else pl.DataFrame(schema=schema)
-    index = frame.select(pl.col(MSG_ID).alias("_parent_id")).with_row_index("_place")
-    parents = frame.select("_parent_id").join(index, on="_parent_id", how="left", maintain_order="left")["_place"]
-    return frame.select(MSG_ID, parents.cast(pl.Int64).fill_null(-1).alias(MSG_PARENT), MSG_ROLE, MSG_CONTENT, MSG_WEIGHT)
+        raw = read_query(path, _messages_sql(store), None, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
+                         batch_rows=_SQLITE_BATCH_ROWS)  # fmt: skip
+        return _messages_from_arrow(raw)
+    stmt = select(
+        Message.id.label(MSG_ID),
+        Message.parent_id.label("_parent_id"),
+        Message.role.label(MSG_ROLE),
+        Message.content.label(MSG_CONTENT),
+        Message.weight.label(MSG_WEIGHT),
+    )
+    schema = {MSG_ID: pl.String(), "_parent_id": pl.String(), MSG_ROLE: pl.String(), MSG_CONTENT: pl.String(),
+              MSG_WEIGHT: pl.Int8()}  # fmt: skip
+    with store.engine.connect() as conn:
+        batches = list(pl.read_database(stmt, conn, iter_batches=True, batch_size=batch_size, schema_overrides=schema))
+    frame = pl.concat(batches, rechunk=True) if batches else pl.DataFrame(schema=schema)
+    return _with_parents(frame)
 
 
 # -- monitoring ------------------------------------------------------------------------------
