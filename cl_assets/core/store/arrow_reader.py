@@ -39,9 +39,6 @@ def read_queries(
     `database`, in one read transaction; yields each result as soon as the child has it.
 
     `batch_rows`: rows per Arrow batch; ADBC types each column by its first batch."""
-    import pyarrow as pa
-    import pyarrow.ipc
-
     # mode 0700: only this user reads it; in memory (tmpfs) where the system has one, as each
     # result is mapped at once: a disk would only add write-back of a file about to go.
     shm = Path("/dev/shm")
@@ -62,12 +59,8 @@ def read_queries(
                     why = " / ".join(errors.read_text().strip().splitlines()[-3:]) or "no output"
                     raise ArrowReadError(f"reading {database} failed (exit {proc.returncode}): {why[-2000:]}")
                 path = Path(tmp) / f"{index}.arrow"
-                # Mapped, not read: the frame's buffers are the file's pages (freed with the frame).
-                with pa.memory_map(str(path)) as source:
-                    table = pa.ipc.open_file(source).read_all()
+                frame = pl.read_ipc(path)  # copied out, compact: the file's pages go with it
                 path.unlink()
-                frame = pl.from_arrow(table, rechunk=True)
-                del table
                 assert isinstance(frame, pl.DataFrame)
                 yield frame
             if proc.wait() != 0:
