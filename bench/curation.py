@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -76,23 +77,61 @@ def worker_curate(db: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cl-bench-curate-") as tmp:
         settings = _settings(Path(tmp), db)
         store = Store(settings.db_url)
+        sampler = TreeRss()
         started, cpu = time.perf_counter(), common.cpu_seconds()
         result = curate_snapshot(settings, store, snapshot_id=_free_snapshot_id(settings, store))
         wall, cpu = time.perf_counter() - started, common.cpu_seconds() - cpu
-        # The SQLite reader runs in a child while this process holds little more than its
-        # imports: the two together never exceed the larger of these.
+        tree = sampler.stop()
+        # The SQLite reader runs in a child while this process converts what it has read:
+        # the peak is the larger of this process's own and the sampled sum of the two.
         child = common.peak_child_rss_mb()
-        peak = max(peak_rss_mb(), rss_imports + child)
+        peak = max(peak_rss_mb(), tree)
         store.close()
     return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "rss_after_imports_mb": rss_imports,
-            "process_peak_rss_mb": peak_rss_mb(), "reader_peak_rss_mb": child,
+            "process_peak_rss_mb": peak_rss_mb(), "reader_peak_rss_mb": child, "tree_peak_rss_mb": tree,
             "rows_out": result.n_rows, "counts": result.counts}
+
+
+class TreeRss:
+    """The peak of this process's RSS plus its children's, sampled every few milliseconds."""
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        import threading
+
+        self.peak, self._stop = 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _rss_mb(pid: int | str) -> float:
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            return 0.0
+
+    def _run(self, every_s: float) -> None:
+        me = os.getpid()
+        while not self._stop.wait(every_s):
+            children: list[str] = []
+            for task in Path(f"/proc/{me}/task").iterdir():
+                try:
+                    children += (task / "children").read_text().split()
+                except OSError:
+                    pass
+            self.peak = max(self.peak, self._rss_mb(me) + sum(self._rss_mb(c) for c in children))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
 def worker_phases(db: Path) -> dict[str, Any]:
     """The phases of `curate_snapshot`, timed one by one (the MinHash parts timed inside `curate_frame`)."""
     from cl_assets.core import curation
-    from cl_assets.core.files import atomic_write_lines
+    from cl_assets.core.curation.writing import _utf8
+    from cl_assets.core.files import atomic_write_bytes
     from cl_assets.core.snapshot import file_sha256
     from cl_assets.core.store import Store
 
@@ -126,9 +165,8 @@ def worker_phases(db: Path) -> dict[str, Any]:
         memory[steps] = (current_rss_mb(), peak_rss_mb())
 
         def chatml() -> None:
-            lines = curation.chatml_lines(rows, settings.train_mode)
             path = Path(tmp) / "out.jsonl"
-            atomic_write_lines(path, lines)
+            atomic_write_bytes(path, [_utf8(curation.chatml_lines(rows, settings.train_mode, newline=True))])
             file_sha256(path)
 
         timed(write, chatml)()
@@ -278,9 +316,9 @@ def run(size: str = "small", only_ratio: bool = False) -> Result:
         result.notes.append(
             "CL's SQLite read runs in a child process (ADBC links its own SQLite, which must not open the store beside "
             "the process's own connections): CPU s include the child's; peak RSS MB is the larger of the curating "
-            "process's peak and its RSS after imports plus the reader child's peak (they overlap only then). The child "
-            "hands the rows over as an Arrow file in /dev/shm (memory, about the loaded frame's size), deleted as soon "
-            "as it is read back."
+            "process's peak and the peak of its RSS plus the reader child's, sampled every 5 ms (the child reads the "
+            "messages while this process converts the interactions). The child streams each result into an Arrow "
+            "file in /dev/shm (memory, about the frame's size), which this process reads back and deletes at once."
         )
         result.notes.append(
             f"At {base_n:,} rows CL takes {runs[base_n]['wall_s']:.2f} s vs the baseline's {baseline['wall_s']:.2f} s "
