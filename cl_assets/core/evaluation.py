@@ -328,6 +328,7 @@ def _answer_one_by_one(
 def _answer_batched(
     target: LoadedModel | AdapterSet, items: Sequence[QAItem], adapter_id: str | None,
     max_new_tokens: int, system_prompt: str | None, batch_size: int, progress: Progress | None,
+    base_answers: EvalResult | None = None,
 ) -> list[Answer]:
     from cl_assets.core.batch_decode import greedy_answers
 
@@ -341,8 +342,13 @@ def _answer_batched(
     # Each conversation goes to whoever the adapter's scope sends it to, as in the chat.
     inside = target.in_scope(adapter_id, conversations) if adapter_id is not None else [True] * len(items)
     answers: list[Answer | None] = [None] * len(items)
+    if base_answers is not None and [i.id for i in base_answers.items] == [i.id for i in items]:
+        for i, flag in enumerate(inside):
+            if not flag:
+                b = base_answers.items[i]
+                answers[i] = (b.answer, b.latency_ms, b.ttft_ms, b.completion_tokens, b.tokens_per_s, True)
     for answering, wanted in ((adapter_id, True), (None, False)):
-        picked = [i for i, flag in enumerate(inside) if flag == wanted]
+        picked = [i for i, flag in enumerate(inside) if flag == wanted and answers[i] is None]
         if not picked:
             continue
         with target.using(answering) as model:
@@ -363,8 +369,13 @@ def evaluate_model(
     *,
     batch_size: int | None = None,
     progress: Progress | None = None,
+    base_answers: EvalResult | None = None,
 ) -> EvalResult:
     """Answer every item greedily with `adapter_id` (None: the base model) and score it.
+
+    `base_answers`: the base model's result on the same items and settings (batched only). An
+    item outside the adapter's scope is the base's to answer, so its answer is taken from there
+    instead of being generated again.
 
     `target` is a plain `LoadedModel` (base only) or an `AdapterSet` whose adapter `adapter_id`
     is loaded. With `system_prompt=None` the chat template's own default applies. `batch_size`
@@ -377,7 +388,8 @@ def evaluate_model(
     if batch_size is None:
         answers = _answer_one_by_one(target, items, adapter_id, max_new_tokens, system_prompt)
     else:
-        answers = _answer_batched(target, items, adapter_id, max_new_tokens, system_prompt, batch_size, progress)
+        answers = _answer_batched(target, items, adapter_id, max_new_tokens, system_prompt, batch_size, progress,
+                                  base_answers)
     results: list[ItemResult] = []
     for item, (text, latency_ms, ttft_ms, completion_tokens, tokens_per_s, routed) in zip(items, answers, strict=True):
         score = score_answer(text, item.keywords)
@@ -760,7 +772,7 @@ def compare_adapters(
             general_results = {
                 BASE_LABEL: base_general,
                 candidate_id: evaluate_model(adapters, general, candidate_id, max_new_tokens, system_prompt,
-                                             batch_size=batch_size, progress=say),
+                                             batch_size=batch_size, progress=say, base_answers=base_general),
             }
             say(f"drift: scoring {len(general)} base answers under {candidate_id}")
             drift, scores = measure_drift(adapters, candidate_id, base_general, batch_size=batch_size,

@@ -147,7 +147,10 @@ def test_the_evaluation_scores_the_routed_model(tiny_model_dir: Path, tmp_path: 
     report = E.compare_adapters(adapters, "20261120_101500", taught=taught, general=general, max_new_tokens=6)
     candidate, base = report.general["20261120_101500"], report.general["base"]
     assert candidate.routed_to_base == 6 and report.candidate_taught.routed_to_base == 0
-    assert [i.answer for i in candidate.items] == [i.answer for i in base.items]  # the base answered them
+    assert [i.answer for i in candidate.items] == [i.answer for i in base.items]  # the base's answers, reused
+    one_by_one = E.evaluate_model(adapters, general, "20261120_101500", max_new_tokens=6)  # routed and generated
+    assert [i.answer for i in one_by_one.items] == [i.answer for i in E.evaluate_model(adapters, general, max_new_tokens=6).items]
+    assert one_by_one.routed_to_base == 6
     assert report.drift is not None and report.drift.extra_nll_per_token == 0 and report.drift.prefix_kept == 1
     # the adapter alone (routing off) answers them itself, and differently: the router made the difference
     unrouted = AdapterSet(load_base_model(tiny_model_dir), routing=False)
