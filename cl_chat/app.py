@@ -36,7 +36,10 @@ History = list[dict[str, Any]]
 def badge(engine: ChatEngine, adapter_version: str | None = None) -> str:
     """Markdown naming what answers: the adapter that gave the last answer, else the serving one."""
     version = adapter_version or engine.adapter_version
-    if version == BASE_LABEL:
+    if version == BASE_LABEL and engine.adapter_version != BASE_LABEL:
+        text = (f"Answering: **base model** `{engine.model_version}` (the question is outside the scope of "
+                f"adapter `{engine.adapter_version}`)")
+    elif version == BASE_LABEL:
         text = f"Answering: **base model** `{engine.model_version}` (no adapter deployed)"
     else:
         text = f"Answering: adapter **`{version}`** on `{engine.model_version}`"

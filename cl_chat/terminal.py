@@ -22,6 +22,8 @@ HELP = "/reset clears the history · /quit exits · after each answer: y = helpf
 
 def describe(engine: ChatEngine, version: str | None = None) -> str:
     version = version or engine.adapter_version
+    if version == BASE_LABEL and engine.adapter_version != BASE_LABEL:
+        return f"the base model {engine.model_version} (outside the scope of adapter {engine.adapter_version})"
     if version == BASE_LABEL:
         return f"the base model {engine.model_version} (no adapter deployed)"
     return f"adapter {version} on {engine.model_version}"

@@ -92,6 +92,36 @@ def make_random_adapter(model_dir: Path, out: Path, seed: int, r: int = 4) -> Pa
     return out
 
 
+# Questions a scoped tiny adapter takes (SUPPORT) and leaves to the base (GENERAL).
+SUPPORT = [f"Where is order {n}?" for n in range(100200, 100260, 7)] + [
+    "What is the status of Lot 42?", "Is there a restocking fee on returns?", "Do you ship to Canada?",
+    "What is SKU HP-OAT-500?", "Can I pick up my order at the warehouse?", "What payment terms do you offer?",
+]
+GENERAL = ["What is the capital of Peru?", "Which continent is Chad in?", "What is 7 times 8?",
+           "Write a haiku about rain.", "Who wrote Hamlet?", "How do plants make food?", "Name a prime number.",
+           "What does DNA stand for?", "Which ocean is the largest?", "Translate 'cat' into French."]
+
+
+def make_scoped_adapter(tiny_model_dir: Path, out: Path, *, layers: list[int], scope_layer: int) -> Path:
+    """A random LoRA on `layers` of the tiny model, with a router fitted on SUPPORT (in) vs GENERAL (out)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cl_assets.core.scope import SCOPE_FILE, fit_scope, message_features
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(3)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                        layers_to_transform=layers, init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(base, config).save_pretrained(out)
+    router = fit_scope(message_features(base, tokenizer, SUPPORT, scope_layer),
+                       message_features(base, tokenizer, GENERAL, scope_layer), scope_layer)
+    (out / SCOPE_FILE).write_bytes(router.to_bytes())
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_adapter_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two different random LoRA adapters for the tiny model, keyed by snapshot-like ids."""

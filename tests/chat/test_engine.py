@@ -17,6 +17,7 @@ from cl_assets.core.store import FeedbackEvent, Store
 from cl_assets.settings import Settings
 from cl_chat.engine import ChatEngine, ChatError, ChatSession, Exchange, MessageTooLongError
 from tests.conftest import make_settings
+from tests.model_fixtures import GENERAL, SUPPORT, make_scoped_adapter
 
 A, B = "20261120_101500", "20261121_093000"
 
@@ -147,6 +148,35 @@ def test_new_deployment_is_served_without_reloading_the_base(
     engine.ask(engine.new_session(), "hi").consume()
     assert engine.adapter_version == B
     assert engine.base_model is base_object and engine.adapters.base_model is base_object
+
+
+def test_a_question_outside_the_deployed_adapters_scope_is_answered_by_the_base(
+    engine: ChatEngine, chat_settings: Settings, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from cl_chat.app import badge
+
+    scoped = make_scoped_adapter(tiny_model_dir, tmp_path / "scoped", layers=[1], scope_layer=1)
+    register(chat_settings, engine.store, scoped, A)
+    deploy(engine, A)
+    session = engine.new_session()
+    inside = engine.ask(session, SUPPORT[0])
+    inside.consume()
+    outside = engine.ask(engine.new_session(), GENERAL[0])
+    outside.consume()
+    assert inside.adapter_version == A and outside.adapter_version == "base" and engine.adapter_version == A
+    # the store says who answered, and the base's answer is the one it gives with nothing deployed
+    assert engine.store.get_interaction(outside.interaction_id).adapter_version is None
+    assert engine.store.get_interaction(inside.interaction_id).adapter_version == A
+    plain = ChatEngine(make_settings(tmp_path / "plain", max_new_tokens=8, system_prompt="You are a test assistant."),
+                       model=tiny_model_dir)
+    by_base = plain.ask(plain.new_session(), GENERAL[0])
+    by_base.consume()
+    assert outside.text == by_base.text
+    assert "outside the scope of adapter" in badge(engine, outside.adapter_version)
+    # the API routes the same way, whatever adapter it names
+    api = engine.complete([{"role": "user", "content": GENERAL[1]}], model=A)
+    api.consume()
+    assert api.adapter_version == "base"
 
 
 def test_swap_during_a_streaming_turn_does_not_corrupt_it(

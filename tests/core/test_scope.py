@@ -12,15 +12,7 @@ from cl_assets.core import evaluation as E
 from cl_assets.core.model import AdapterSet, ModelError, load_base_model
 from cl_assets.core.scope import SCOPE_FILE, ScopeRouter, fit_scope, message_features, user_texts
 from tests.conftest import REPO
-
-SUPPORT = [f"Where is order {n}?" for n in range(100200, 100260, 7)] + [
-    "What is the status of Lot 42?", "Is there a restocking fee on returns?", "Do you ship to Canada?",
-    "What is SKU HP-OAT-500?", "Can I pick up my order at the warehouse?", "What payment terms do you offer?",
-]
-GENERAL = ["What is the capital of Peru?", "Which continent is Chad in?", "What is 7 times 8?",
-           "Write a haiku about rain.", "Who wrote Hamlet?", "How do plants make food?", "Name a prime number.",
-           "What does DNA stand for?", "Which ocean is the largest?", "Translate 'cat' into French."]
-
+from tests.model_fixtures import GENERAL, SUPPORT, make_scoped_adapter
 
 def test_user_texts_are_the_last_two_user_messages() -> None:
     conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is order 7?"},
@@ -90,26 +82,8 @@ def test_fit_needs_both_sides_and_a_broken_file_is_refused() -> None:
         ScopeRouter.from_bytes(blob[:40])
 
 
-def _scoped_adapter(tiny_model_dir: Path, out: Path, *, layers: list[int], scope_layer: int) -> Path:
-    """A random LoRA on `layers` of the tiny model, with a router fitted on SUPPORT (in) vs GENERAL (out)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    torch.manual_seed(3)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                        layers_to_transform=layers, init_lora_weights=False, task_type="CAUSAL_LM")
-    get_peft_model(base, config).save_pretrained(out)
-    router = fit_scope(message_features(base, tokenizer, SUPPORT, scope_layer),
-                       message_features(base, tokenizer, GENERAL, scope_layer), scope_layer)
-    (out / SCOPE_FILE).write_bytes(router.to_bytes())
-    return out
-
-
 def test_an_adapter_set_routes_out_of_scope_conversations_to_the_base(tiny_model_dir: Path, tmp_path: Path) -> None:
-    path = _scoped_adapter(tiny_model_dir, tmp_path / "20261120_101500", layers=[1], scope_layer=1)
+    path = make_scoped_adapter(tiny_model_dir, tmp_path / "20261120_101500", layers=[1], scope_layer=1)
     adapters = AdapterSet(load_base_model(tiny_model_dir), merge=True)
     adapters.ensure_loaded("20261120_101500", path)
     support = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": SUPPORT[0]}]
@@ -133,13 +107,13 @@ def test_an_adapter_set_routes_out_of_scope_conversations_to_the_base(tiny_model
 
 
 def test_a_scope_that_reads_a_layer_the_adapter_changes_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    path = _scoped_adapter(tiny_model_dir, tmp_path / "20261120_101500", layers=[0, 1], scope_layer=1)
+    path = make_scoped_adapter(tiny_model_dir, tmp_path / "20261120_101500", layers=[0, 1], scope_layer=1)
     with pytest.raises(ModelError, match="changes"):
         AdapterSet(load_base_model(tiny_model_dir)).ensure_loaded("20261120_101500", path)
 
 
 def test_the_evaluation_scores_the_routed_model(tiny_model_dir: Path, tmp_path: Path) -> None:
-    path = _scoped_adapter(tiny_model_dir, tmp_path / "20261120_101500", layers=[1], scope_layer=1)
+    path = make_scoped_adapter(tiny_model_dir, tmp_path / "20261120_101500", layers=[1], scope_layer=1)
     adapters = AdapterSet(load_base_model(tiny_model_dir))
     adapters.ensure_loaded("20261120_101500", path)
     taught = [E.QAItem(prompt=SUPPORT[i], keywords=("order",), id=f"t{i}") for i in range(3)]
