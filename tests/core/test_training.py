@@ -210,6 +210,9 @@ def test_config_from_settings_and_cpu_conversions(tmp_path: Path) -> None:
     config = TrainConfig.from_settings(settings, max_steps=9)
     assert (config.mode, config.epochs, config.max_steps, config.batch_size) == ("kto", 2.5, 9, 3)
     assert (config.anchor_loss, config.anchor_weight) == ("sft", 2.5)
+    # the chat's system prompt goes in front of stored conversations that have none: the
+    # context the adapter will answer in
+    assert config.system_prompt == settings.system_prompt
     assert (config.learning_rate, config.lora_r, config.lora_alpha, config.max_length, config.seed) == (
         5e-4,
         4,

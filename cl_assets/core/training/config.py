@@ -174,6 +174,10 @@ class TrainConfig:
             "nice": settings.train_nice,
             "anchor_loss": settings.anchor_loss,
             "anchor_weight": settings.anchor_weight,
+            # Conversations stored without a system message (flat imports) were answered under the
+            # chat's; training them under the template's default taught the facts in a context the
+            # chat never serves, and the anchor, which runs under the chat's, held that context back.
+            "system_prompt": settings.system_prompt,
         }
         values.update(overrides)
         return cls(**values)
