@@ -63,7 +63,7 @@ class Settings(BaseSettings):
 
     # training
     train_mode: Literal["sft", "kto"] = Field("sft", description="`sft` on helpful turns, or `kto` on 👍/👎.")
-    train_epochs: float = Field(4.0, gt=0, description="Epochs over a snapshot.")
+    train_epochs: float = Field(6.0, gt=0, description="Epochs over a snapshot.")
     train_max_steps: int = Field(-1, description="Cap on optimizer steps (-1: use epochs).")
     train_batch_size: int = Field(4, gt=0, description="Per-device batch size.")
     learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate.")
@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     anchor_loss: Literal["kl", "sft"] = Field(
         "kl", description="How anchor rows hold the adapter near the base: `kl` adds KL(base ‖ adapter) on their answer tokens each step; `sft` mixes them in as ordinary targets."
     )
-    anchor_weight: float = Field(1.0, ge=0, description="Weight of the KL anchor term (`CL_ANCHOR_LOSS=kl`).")
+    anchor_weight: float = Field(
+        0.0, ge=0, description="Weight of the KL anchor term (`CL_ANCHOR_LOSS=kl`); 0: the anchor prompts only fit the scope router."
+    )
     warm_start: bool = Field(True, description="Start training from the deployed adapter when there is one.")
     seed: int = Field(42, description="Seed for curation sampling and training.")
 

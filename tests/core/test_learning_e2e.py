@@ -1,11 +1,14 @@
-"""The real SmolLM2 through one learning cycle on the demo data, with the default settings:
-curate → train (anchored by the base's own behaviour) → evaluate → gate.
+"""The real SmolLM2 through two learning cycles on the demo data, with the default settings:
+curate → train → evaluate → gate → deploy, then the demo's second month warm-started from the
+deployed adapter.
 
-What is asserted is what holds today: the adapter learns the taught facts, the evaluation
-measures forgetting item by item on >= 200 general questions and drift on the base's own
-answers, and the gate's verdict follows those figures and is stored with the adapter. The
-product's targets (taught >= 90 %, general drop <= 2 points) are NOT met yet: docs/learning.md
-has the figures, and the gate refuses such an adapter, which this test checks too.
+Asserted are the learning issue's targets: the first adapter knows >= 90 % of the taught facts
+and the general set (>= 200 questions the base answers right) drops by at most 2 points, paired
+item by item, so the gate deploys it; the second knows >= 90 % of the new and changed facts,
+gives the old answer to a changed fact at most 10 % of the time, keeps >= 90 % of the unchanged
+facts, and still drops the general set by at most 2 points. The adapters are scope-routed
+(core/scope.py): general questions go to the base, which is what serves. docs/learning.md has
+the figures and the adapter-alone ones beside them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 
 from cl_assets.core.cycle import curate_partition, evaluate_partition, train_partition
 from cl_assets.core.ingest import Ingestor
+from cl_assets.core.registry import Registry
 from cl_assets.core.training import TrainConfig
 from cl_assets.settings import Settings
 from tests.conftest import REPO, make_settings
@@ -53,6 +57,9 @@ def test_real_smollm2_learns_the_taught_facts_without_forgetting(tmp_path: Path,
         "general": {k: v.accuracy for k, v in report.general.items()},
         "general_paired": {"n": pair.n, "lost": len(pair.lost), "gained": len(pair.gained), "p_worse": pair.p_worse},
         "drift": drift.summary(),
+        "scope": trained.scope,
+        "routed_to_base": {"taught": report.candidate_taught.routed_to_base,
+                           "general": report.general[sid].routed_to_base},
         "gates": {g.name: [g.passed, g.reason] for g in evaluated.gates},
     }
     (tmp_path / "learning_figures.json").write_text(json.dumps(figures, indent=2))
@@ -60,10 +67,31 @@ def test_real_smollm2_learns_the_taught_facts_without_forgetting(tmp_path: Path,
 
     assert figures["anchor_rows"] >= 100, figures  # the shipped anchor set of the embedded base was used
     assert pair.n >= 200 and drift.n == pair.n and drift.tokens > 0
-    assert report.candidate_taught.accuracy >= report.base_taught.accuracy + 0.5, figures
-    gate = {g.name: g for g in evaluated.gates}["forgetting_within_bound"]
-    within = pair.drop <= settings.gate_max_forgetting and pair.p_worse >= settings.gate_forgetting_alpha and (
-        drift.extra_nll_per_token <= settings.gate_max_drift
-    )
-    assert gate.passed == within, figures
-    assert ingestor.store.get_adapter(sid).gate_passed == evaluated.passed
+    assert figures["scope"]["scope_layer"] == 15, figures  # the router reads the layer LoRA starts at
+    assert report.candidate_taught.accuracy >= 0.9, figures
+    assert pair.drop <= 0.02 and evaluated.passed, figures
+    assert ingestor.store.get_adapter(sid).gate_passed is True
+
+    # The second month, warm-started from the deployed first adapter, asked its own taught set.
+    Registry(settings, ingestor.store).deploy(sid, actor="test", reason="the first cycle passed its gates")
+    second_settings = settings.model_copy(update={"qa_taught_file": REPO / "data" / "demo" / "qa_eval_2.jsonl"})
+    ingestor.import_jsonl(REPO / "data" / "demo" / "interactions_2.jsonl")
+    sid2 = "20261220_120000"
+    curate_partition(second_settings, ingestor.store, sid2)
+    trained2 = train_partition(second_settings, ingestor.store, sid2, smollm2_dir,
+                               TrainConfig.from_settings(second_settings))
+    assert trained2.parent_id == sid
+    evaluated2 = evaluate_partition(second_settings, ingestor.store, sid2, smollm2_dir)
+    taught2 = evaluated2.report.candidate_taught
+    groups = {name: score.accuracy for name, score in taught2.groups().items()}
+    pair2 = evaluated2.report.general_paired
+    assert pair2 is not None and taught2.stale is not None
+    second = {"taught": taught2.accuracy, "groups": groups, "stale_rate": taught2.stale.stale_rate,
+              "general_lost": len(pair2.lost), "general_drop": pair2.drop, "steps": trained2.steps,
+              "gates": {g.name: [g.passed, g.reason] for g in evaluated2.gates}}
+    print(json.dumps(second, indent=2))
+    changing = [i for i in taught2.items if i.group in ("new", "changed")]
+    assert sum(i.correct for i in changing) >= 0.9 * len(changing), second
+    assert taught2.stale.stale_rate is not None and taught2.stale.stale_rate <= 0.1, second
+    assert groups["kept"] >= 0.9, second
+    assert pair2.drop <= 0.02, second

@@ -33,7 +33,7 @@ class TrainConfig:
         default="sft",
         metadata={"help": "`sft`: imitate helpful answers; `kto`: learn from 👍 (label true) and 👎 (label false)."},
     )
-    epochs: float = field(default=4.0, metadata={"help": "Passes over the snapshot (ignored when max_steps > 0)."})
+    epochs: float = field(default=6.0, metadata={"help": "Passes over the snapshot (ignored when max_steps > 0)."})
     max_steps: int = field(default=-1, metadata={"help": "Optimizer steps to run; -1 means use `epochs`."})
     batch_size: int = field(default=4, metadata={"help": "Conversation turns per device batch."})
     gradient_accumulation_steps: int = field(
@@ -97,7 +97,11 @@ class TrainConfig:
             "`sft`: mixed into the rows as ordinary targets."
         },
     )
-    anchor_weight: float = field(default=1.0, metadata={"help": "Weight of the KL anchor term (`anchor_loss='kl'`)."})
+    anchor_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the KL anchor term (`anchor_loss='kl'`). 0 (the default since scope routing): "
+                  "general prompts go to the base, so the adapter need not be held there (docs/learning.md)."},
+    )
     anchor_batch_size: int = field(default=4, metadata={"help": "Anchor rows per optimizer step (`anchor_loss='kl'`)."})
     kto_beta: float = field(default=0.1, metadata={"help": "KTO only: how far the model may move from the reference."})
     kto_desirable_weight: float = field(default=1.0, metadata={"help": "KTO only: weight of 👍 examples."})
