@@ -12,18 +12,7 @@ from pathlib import Path
 
 def atomic_write_lines(path: Path, lines: Iterable[str]) -> None:
     """Write lines to a temp file beside `path`, fsync, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, ((line + "\n").encode("utf-8") for line in lines))
 
 
 def atomic_write_bytes(path: Path, chunks: Iterable[bytes | memoryview]) -> None:
