@@ -55,10 +55,7 @@ class AdapterWeights:
     @property
     def lowest_layer(self) -> int:
         """The lowest decoder layer the adapter changes (0 when it names no layers: all of them)."""
-        layers = getattr(self.config, "layers_to_transform", None)
-        if isinstance(layers, int):
-            return layers
-        return min(layers) if layers else 0
+        return _lowest_layer(self.config)
 
     @classmethod
     def read(cls, path: str | Path) -> AdapterWeights:
@@ -101,7 +98,7 @@ class AdapterWeights:
                 scope = ScopeRouter.from_bytes(files[SCOPE_FILE])
             except ValueError as exc:
                 raise ModelError(f"{source}: {exc}") from exc
-            if scope.layer > (min(config.layers_to_transform) if config.layers_to_transform else 0):
+            if scope.layer > _lowest_layer(config):
                 raise ModelError(f"{source}: its scope reads layer {scope.layer}, which the adapter itself changes.")
         return cls(config, tensors, source, scope)
 
@@ -119,6 +116,13 @@ class AdapterWeights:
                    json.dumps(c.alpha_pattern, sort_keys=True), c.bias, c.fan_in_fan_out)  # fmt: skip
         shapes = tuple(sorted((key, tuple(t.shape)) for key, t in self.tensors.items()))
         return (scaling, shapes)
+
+
+def _lowest_layer(config: Any) -> int:
+    layers = getattr(config, "layers_to_transform", None)
+    if isinstance(layers, int):
+        return layers
+    return min(layers) if layers else 0
 
 
 ADAPTER_CONFIG = "adapter_config.json"
