@@ -9,6 +9,7 @@ curate, train, evaluate with the gates), with one thing changed per run:
     python bench/learning_recipes.py NAME --anchor-loss sft     # anchor rows as ordinary targets
     python bench/learning_recipes.py NAME --lr 5e-4 --targets q_proj,k_proj,v_proj,o_proj
     python bench/learning_recipes.py NAME --replay-only         # control: the anchor rows alone
+    python bench/learning_recipes.py NAME --second-cycle        # then the demo's second month, warm-started
 
 The anchor set is the pipeline's own (`cycle.ensure_anchor`: Magpie prompts plus factual ones of
 six kinds from package data, answered by the base; `core/anchor.py`), the shipped one when its
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SNAPSHOT_ID = "20261120_120000"
+SECOND_ID = "20261220_120000"
 
 
 def main() -> int:
@@ -57,6 +59,10 @@ def main() -> int:
     parser.add_argument("--layers-from", type=float, help="LoRA on layers from this share of the depth up (default: the setting's)")
     parser.add_argument("--no-routing", action="store_true", help="no scope router: the adapter answers everything")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--second-cycle", action="store_true",
+                        help="then the demo's second month warm-started from the first adapter (deployed, forced if "
+                             "its gate refused it), asked data/demo/qa_eval_2.jsonl, as tests/core/test_learning_e2e.py")
+    parser.add_argument("--skip-unrouted", action="store_true", help="leave out the adapter-alone evaluation (~4.5 min)")
     args = parser.parse_args()
 
     import torch
@@ -143,7 +149,7 @@ def main() -> int:
     pair, drift = report.general_paired, report.drift
     assert pair is not None and drift is not None
     figures["scope"] = trained.scope
-    if trained.scope:  # the adapter alone, routing off, on the same prompts: what the router changes
+    if trained.scope and not args.skip_unrouted:  # the adapter alone, routing off, on the same prompts: what the router changes
         from cl_assets.core.evaluation import compare_adapters, load_qa
         from cl_assets.core.model import AdapterSet, load_base_model
 
@@ -171,9 +177,39 @@ def main() -> int:
         "drift": drift.summary(), "gates": {g.name: [g.passed, g.reason] for g in evaluated.gates},
         "total_s": time.perf_counter() - started,
     })
+    if args.second_cycle:
+        figures["second"] = _second_cycle(settings, ingestor, base_model, recipe, passed=evaluated.passed)
+        figures["total_s"] = time.perf_counter() - started
     print("FIGURES " + json.dumps(figures), flush=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
     return 0
+
+
+def _second_cycle(settings: Any, ingestor: Any, base_model: Path, recipe: dict[str, Any], *, passed: bool) -> dict[str, Any]:
+    """The demo's second month on top of the first adapter, with the same recipe."""
+    from cl_assets.core.cycle import curate_partition, evaluate_partition, train_partition
+    from cl_assets.core.registry import Registry
+    from cl_assets.core.training import TrainConfig
+
+    Registry(settings, ingestor.store).deploy(SNAPSHOT_ID, actor="bench", reason="learning recipe", force=not passed)
+    second = settings.model_copy(update={"qa_taught_file": REPO / "data" / "demo" / "qa_eval_2.jsonl"})
+    ingestor.import_jsonl(REPO / "data" / "demo" / "interactions_2.jsonl")
+    t0 = time.perf_counter()
+    curated = curate_partition(second, ingestor.store, SECOND_ID)
+    trained = train_partition(second, ingestor.store, SECOND_ID, base_model, TrainConfig.from_settings(second, **recipe))
+    train_s = time.perf_counter() - t0
+    evaluated = evaluate_partition(second, ingestor.store, SECOND_ID, base_model)
+    taught = evaluated.report.candidate_taught
+    pair = evaluated.report.general_paired
+    assert pair is not None and taught.stale is not None
+    changing = [i for i in taught.items if i.group in ("new", "changed")]
+    return {"parent": trained.parent_id, "snapshot_rows": curated.snapshot.n_rows, "steps": trained.steps,
+            "train_s": train_s, "taught": taught.accuracy,
+            "groups": {name: score.accuracy for name, score in taught.groups().items()},
+            "new_and_changed": f"{sum(i.correct for i in changing)}/{len(changing)}",
+            "stale_rate": taught.stale.stale_rate, "general_lost": len(pair.lost), "general_drop": pair.drop,
+            "misses": {i.id: i.answer[:100] for i in taught.items if not i.correct},
+            "gates": {g.name: [g.passed, g.reason] for g in evaluated.gates}}
 
 
 if __name__ == "__main__":
