@@ -67,8 +67,8 @@ class Settings(BaseSettings):
     train_max_steps: int = Field(-1, description="Cap on optimizer steps (-1: use epochs).")
     train_batch_size: int = Field(4, gt=0, description="Per-device batch size.")
     learning_rate: float = Field(1e-3, gt=0, description="LoRA learning rate.")
-    lora_r: int = Field(8, gt=0, description="LoRA rank.")
-    lora_alpha: int = Field(16, gt=0, description="LoRA alpha.")
+    lora_r: int = Field(32, gt=0, description="LoRA rank.")
+    lora_alpha: int = Field(64, gt=0, description="LoRA alpha.")
     lora_layers_from: float = Field(
         0.5, ge=0, lt=1, description="Share of the depth below which layers get no LoRA (0: every layer); the scope router reads the hidden state there."
     )

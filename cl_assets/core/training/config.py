@@ -48,8 +48,8 @@ class TrainConfig:
         metadata={"help": "Share of the steps spent warming the learning rate up linearly from 0, in [0, 1)."},
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay of the LoRA weights."})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_layers_from: float = field(
         default=0.5,
         metadata={
