@@ -1,6 +1,8 @@
 """OpenMP workers are handed back by threads that stop computing (see `cl_assets.core.model.threads`).
 
-A thread's OpenMP pool shows as OS threads of the process, so the tests count `/proc/self/task`.
+A thread's OpenMP pool shows as OS threads of the process, so the tests count the threads of
+`/proc/self/task` that were not there before (by id: a thread that an earlier test left behind
+may end meanwhile, which a plain count would take for a worker going).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _threads() -> set[str]:
+    return set(os.listdir("/proc/self/task"))
 
 
 def _parallel_op() -> None:
@@ -33,22 +35,28 @@ def _parallel_op() -> None:
     (x @ x).sum().item()  # big enough for a parallel region
 
 
-def _settle(expected: int, timeout_s: float = 10.0) -> int:
+def _new(baseline: set[str]) -> int:
+    """How many threads exist now that were not in `baseline`."""
+    return len(_threads() - baseline)
+
+
+def _settle(baseline: set[str], expected: int, timeout_s: float = 10.0) -> int:
+    """`_new(baseline)` once it reaches `expected`, or when `timeout_s` ran out."""
     deadline = time.monotonic() + timeout_s
-    while _threads() != expected and time.monotonic() < deadline:
+    while _new(baseline) != expected and time.monotonic() < deadline:
         time.sleep(0.02)
-    return _threads()
+    return _new(baseline)
 
 
 def test_release_frees_the_calling_threads_workers() -> None:
     release_openmp_threads()
     baseline = _threads()
     _parallel_op()
-    assert _threads() > baseline  # the pool's workers exist while the thread may compute again
+    assert _new(baseline) > 0  # the pool's workers exist while the thread may compute again
     assert release_openmp_threads() is True
-    assert _settle(baseline) == baseline
+    assert _settle(baseline, 0) == 0
     _parallel_op()  # and torch makes them again when needed
-    assert _threads() > baseline
+    assert _new(baseline) > 0
     release_openmp_threads()
 
 
@@ -68,4 +76,4 @@ def test_an_idle_batch_scheduler_holds_no_openmp_workers(tiny_model_dir: Path) -
     "".join(stream)
     assert stream.result.completion_tokens >= 1
     # Only the scheduler thread itself stays: its OpenMP workers went when it fell idle.
-    assert _settle(baseline + 1) == baseline + 1
+    assert _settle(baseline, 1) == 1
