@@ -2,8 +2,9 @@
 swap time against a full reload of the chat engine.
 
 Measured through `cl_chat.engine.ChatEngine` (the engine the web and terminal chats use), on
-the real SmolLM2 base, with two LoRA adapters of the shape the platform trains (r=8, all
-linear layers; random weights: speed does not depend on what an adapter learned) registered
+the real SmolLM2 base, with two LoRA adapters of the shape the platform trains (`TrainConfig`'s:
+rank 32 on the linear layers of the upper half; random weights: speed does not depend on what
+an adapter learned) registered
 and deployed through the registry, as a training cycle would:
 
 - *full reload*: constructing a `ChatEngine` while adapter A is deployed (store, base model
