@@ -224,12 +224,12 @@ def test_nothing_qualifying_writes_and_registers_no_snapshot(settings: Settings,
 def test_failed_write_leaves_no_file_and_no_snapshot(settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     ingest(settings, store, [turn(i) for i in range(6)])
 
-    def fails_after_one_chunk(path: Path, chunks: Any) -> None:
+    def fails_after_one_chunk(path: Path, chunks: Any) -> str:
         def first_then_fail():
             yield next(iter(chunks))
             raise OSError("disk full")
 
-        files.atomic_write_bytes(path, first_then_fail())  # the real writer, failing mid-file
+        return files.atomic_write_bytes(path, first_then_fail())  # the real writer, failing mid-file
 
     monkeypatch.setattr(curation.writing, "atomic_write_bytes", fails_after_one_chunk)
     with pytest.raises(OSError, match="disk full"):

@@ -156,3 +156,53 @@ def test_places_match_ids_exactly() -> None:
     probe = pl.Series([f"{i:032x}" for i in range(0, 100_000, 7)])
     expected = [i if i < 50_000 else None for i in range(0, 100_000, 7)]
     assert places(probe, many).to_list() == expected
+
+
+def test_loaded_prompts_and_answers_are_the_stored_ones(any_db_settings: Settings) -> None:
+    """The load reads a context row's prompt from its context message and shares each answer
+    with the next turn's copy of it; every value still equals what the store holds, an answer
+    is never taken from another branch, and CONTEXT_AT names the row's own context message."""
+    from cl_assets.core.store.frames import CONTEXT_AT, MSG_ID
+
+    settings = any_db_settings
+    store = Store.from_settings(settings)
+    _fill(settings, store)
+    ingestor = Ingestor(settings, store)
+    # The same answer text under another context than the one it was given in: not shared.
+    history = [{"role": "user", "content": "Session 0 question 0: where does parcel 0 go next?"},
+               {"role": "assistant", "content": "Parcel 1 goes to depot 1 and then to the customer in town 0."}]  # fmt: skip
+    ingestor.ingest_interaction(prompt="And after that?", response="Then it is delivered.", user_id="user-0",
+                                context=history, timestamp=T0 + timedelta(days=1))  # fmt: skip
+    interactions, messages = load_conversations(store)
+    loaded = interactions.collect()
+    stored = {r.id: r for r in store.iter_interactions()}
+    assert loaded.height == len(stored)
+    for row in loaded.iter_rows(named=True):
+        assert (row[curation.PROMPT], row[curation.RESPONSE]) == (stored[row["id"]].prompt, stored[row["id"]].response)
+        if row[CONTEXT_AT] is None:
+            assert stored[row["id"]].context_id is None
+        else:
+            assert messages[MSG_ID][row[CONTEXT_AT]] == stored[row["id"]].context_id
+    store.close()
+
+
+def test_a_row_whose_context_is_gone_is_left_out(settings: Settings, caplog) -> None:
+    """Erasure between the two reads would leave a row naming a context no longer stored: it
+    is left out, never curated as a turn without its conversation."""
+    from sqlalchemy import delete
+
+    store = Store.from_settings(settings)
+    _fill(settings, store)
+    with store.read() as session:  # a prompt message no other message hangs from: the last turn's
+        parents = set(session.scalars(select(Message.parent_id)).all())
+        leaf = session.scalars(select(Interaction).where(Interaction.context_id.is_not(None))).all()
+        victim = next(r for r in leaf if r.context_id not in parents)
+    with store.write() as session:
+        session.execute(delete(Message).where(Message.id == victim.context_id))
+    interactions, _ = load_conversations(store)
+    ids = interactions.collect()["id"].to_list()
+    orphans = {r.id for r in store.iter_interactions() if r.context_id == victim.context_id}  # a retry shares it
+    assert victim.id in orphans and not orphans & set(ids)
+    assert len(ids) == sum(1 for _ in store.iter_interactions()) - len(orphans)
+    assert "no longer stored" in caplog.text
+    store.close()

@@ -72,7 +72,7 @@ CHILD = textwrap.dedent(
                     for chunk in chunks:
                         yield chunk
                         hang()
-                real(path, first_chunk_then_hang())
+                return real(path, first_chunk_then_hang())
 
             curation.writing.atomic_write_bytes = slow
         elif stage == "renamed":  # the complete file is in place, the row not yet written

@@ -31,7 +31,7 @@ from cl_assets.core.curation.columns import (
     REGENERATED,
     REPLAY_FROM,
     RESPONSE,
-    SIGNATURE,
+    NEAR_DUPLICATE,
     USER,
 )
 from cl_assets.core.curation.dedup import (
@@ -84,7 +84,7 @@ __all__ = [
     "REGENERATED",
     "REPLAY_FROM",
     "RESPONSE",
-    "SIGNATURE",
+    "NEAR_DUPLICATE",
     "USER",
     "NothingToCurateError",
     "ReplaySourceError",

@@ -2,6 +2,7 @@
 
 from cl_assets.core.store.frames import (
     CONTEXT,
+    CONTEXT_AT,
     CREATED,
     HELPFUL,
     ID,
@@ -15,13 +16,13 @@ from cl_assets.core.store.frames import (
 LABEL = "label"  # KTO: desirable (true) or not (false)
 RANK = "_rank"  # 0 = best; see the package docstring
 KEY = "_key"  # hash of the normalised prompt and response
-SIGNATURE = "_signature"  # MinHash of the words of the normalised prompt + response
+NEAR_DUPLICATE = "_near_duplicate"  # a MinHash near-duplicate of a better-ranked row (`drop_exact_duplicates`)
 NORM_PROMPT, NORM_RESPONSE = "_norm_prompt", "_norm_response"
 WORDS = "_words"
 REPLAY_FROM = "_replay_from"  # snapshot id a replayed row came from (null: a new row)
 SUPERSEDED = "_superseded"  # a newer 👍 answer to the same question exists (`drop_superseded`)
 
 __all__ = [
-    "CONTEXT", "CREATED", "HELPFUL", "ID", "KEY", "LABEL", "NORM_PROMPT", "NORM_RESPONSE", "PII", "PROMPT", "RANK",
-    "REGENERATED", "REPLAY_FROM", "RESPONSE", "SIGNATURE", "SUPERSEDED", "USER", "WORDS",
+    "CONTEXT", "CONTEXT_AT", "CREATED", "HELPFUL", "ID", "KEY", "LABEL", "NORM_PROMPT", "NORM_RESPONSE", "PII", "PROMPT", "RANK",
+    "REGENERATED", "REPLAY_FROM", "NEAR_DUPLICATE", "RESPONSE", "SUPERSEDED", "USER", "WORDS",
 ]  # fmt: skip

@@ -23,6 +23,7 @@ import pyarrow as pa
 from cl_assets.core.curation.columns import CONTEXT, HELPFUL, REGENERATED, RESPONSE
 from cl_assets.core.snapshot import CONTROL_TOKEN
 from cl_assets.core.store.frames import (
+    CONTEXT_AT,
     MESSAGES_SCHEMA,
     MSG_CONTENT,
     MSG_ID,
@@ -63,12 +64,14 @@ class Contexts:
 
 def walk_contexts(interactions: pl.DataFrame, messages: pl.DataFrame | None, *, max_depth: int, budget_chars: int) -> Contexts:
     """Walk every interaction's context (see the module docstring). `interactions` needs
-    CONTEXT and RESPONSE; ROW is its row index."""
+    CONTEXT (or CONTEXT_AT, its place, as `load_conversations` gives it) and RESPONSE; ROW is
+    its row index."""
     n = interactions.height
     if messages is None or messages.is_empty() or CONTEXT not in interactions.columns:
         return Contexts.empty(n)
     parents = messages[MSG_PARENT].to_numpy()
-    start = places(interactions[CONTEXT], messages[MSG_ID]).fill_null(-1).cast(pl.Int64).to_numpy()
+    at = interactions[CONTEXT_AT] if CONTEXT_AT in interactions.columns else places(interactions[CONTEXT], messages[MSG_ID])
+    start = at.fill_null(-1).cast(pl.Int64).to_numpy()
 
     role = messages[MSG_ROLE]
     system = (role == "system").to_numpy()
@@ -226,7 +229,7 @@ def body_writer(
     when the answer it was got 👎 or was regenerated without a 👍, or when that answer is a
     line of this snapshot itself (it is learned there, in its own context, once), or when a
     newer answer to its question superseded it (`superseded_rows`, see `drop_superseded`).
-    `loaded`: the whole loaded frame (ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED);
+    `loaded`: the whole loaded frame (ROW, RESPONSE, HELPFUL, REGENERATED);
     `kept_rows`: ROW of every new row of the snapshot.
     """
     not_trained = pl.col(HELPFUL).not_() | (pl.col(REGENERATED).fill_null(False) & pl.col(HELPFUL).is_null())

@@ -9,6 +9,7 @@ import polars as pl
 
 from cl_assets.core.curation.columns import (
     CONTEXT,
+    CONTEXT_AT,
     CREATED,
     HELPFUL,
     ID,
@@ -20,7 +21,7 @@ from cl_assets.core.curation.columns import (
     REGENERATED,
     REPLAY_FROM,
     RESPONSE,
-    SIGNATURE,
+    NEAR_DUPLICATE,
     SUPERSEDED,
     USER,
 )
@@ -75,9 +76,11 @@ def rank(lf: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def drop_pii(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Rows where the sanitizer found PII are left out, placeholders or not."""
-    found = pl.col(PII).str.json_decode(pl.List(pl.String)).list.len().fill_null(0)
-    return lf.filter(found == 0)
+    """Rows where the sanitizer found PII are left out, placeholders or not.
+
+    PII holds the JSON list of the types found (strings): a non-empty one has a quote in it,
+    which is a scan of the text rather than a JSON decode of a million lists."""
+    return lf.filter(~pl.col(PII).str.contains('"', literal=True).fill_null(False))
 
 
 def drop_unhelpful(train_mode: str) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
@@ -145,67 +148,60 @@ def drop_control_tokens(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.filter(~found)
 
 
-def drop_exact_duplicates(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per normalised (prompt, response): the best-ranked copy.
+def drop_exact_duplicates(near_threshold: float) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
+    """One row per normalised (prompt, response): the best-ranked copy; the survivors that are
+    near-duplicates of a better-ranked one are marked (NEAR_DUPLICATE) for `drop_near_duplicates`.
 
-    Adds KEY and the MinHash SIGNATURE that `drop_near_duplicates` judges on, both from one
-    normalisation of the text, done in chunks so that no normalised copy of the column lives on.
-    Runs at once rather than in the plan (as does `drop_near_duplicates`): the work is numpy's
-    on threads of our own, and a frame handed back through `map_batches` is copied.
+    Both from one normalisation of the text, done in chunks so that no normalised copy of the
+    column lives on: the exact key, and the MinHash signature the near-duplicates are judged on
+    (at `near_threshold`), which lives only here, as numpy, and goes with the step (a column of
+    signatures carried to the next step was its biggest thing, 256 bytes a row, copied twice).
+    Runs at once rather than in the plan: the work is numpy's on threads of our own, and a frame
+    handed back through `map_batches` is copied.
 
     Whole conversations (CTX_KEY, see `curation.context`): the same last exchange after another
     context is another conversation, so duplicates are judged only among rows with the same
     earlier turns. The context's key joins the exact key, and is folded into every MinHash value
     (equal contexts keep equal values). A row whose earlier turns no other row shares cannot be
-    a duplicate of anything, nor anything of it: it is kept without a fingerprint (KEY and
-    SIGNATURE null), which spares the text work for most follow-up turns.
+    a duplicate of anything, nor anything of it: it is kept without a fingerprint, which spares
+    the text work for most follow-up turns.
     """
-    df = lf.collect()
-    if CTX_KEY not in df.columns:
-        keys, signatures = fingerprints(df[PROMPT], df[RESPONSE])
-        keyed = df.with_columns(keys)
-        best = keyed.select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series()
-        kept = _keep_rows(signatures, np.flatnonzero(best.to_numpy()))
-        return keyed.filter(best).with_columns(pl.Series(SIGNATURE, kept)).lazy()
-
-    lonely = df[CTX_KEY].is_not_null() & df[CTX_KEY].is_unique()
-    judged = (~lonely).arg_true()
-    keys, signatures = fingerprints(df[PROMPT].gather(judged), df[RESPONSE].gather(judged))
-    context = df[CTX_KEY].gather(judged)
-    keys = pl.DataFrame([keys, context]).select(
-        pl.when(pl.col(CTX_KEY).is_null()).then(pl.col(KEY)).otherwise(pl.struct(KEY, CTX_KEY).hash(seed=0)).alias(KEY)
-    ).to_series()
-    salt = (context.fill_null(0).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    signatures ^= salt[:, None]
-    ranks = df[RANK].gather(judged)
-    best_judged = pl.DataFrame([keys, ranks]).select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series().to_numpy()
-    signatures = _keep_rows(signatures, np.flatnonzero(best_judged))
-    kept_judged = judged.to_numpy()[best_judged]
-    keep = lonely.to_numpy().copy()
-    keep[kept_judged] = True
-    # Each kept row's place among the kept fingerprints (null: a lonely row, which has none).
-    place = np.full(df.height, -1, np.int64)
-    place[kept_judged] = np.arange(len(kept_judged))
-    place = pl.Series(place[keep])
-    place = pl.select(pl.when(place >= 0).then(place).cast(pl.UInt32)).to_series()
-    key = pl.repeat(None, df.height, dtype=pl.UInt64, eager=True).scatter(judged, keys).alias(KEY)
-    return df.with_columns(key).filter(pl.Series(keep)).with_columns(pl.Series(SIGNATURE, signatures).gather(place)).lazy()
-
-
-def drop_near_duplicates(threshold: float) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
-    """Drop rows whose text is a MinHash near-duplicate of a better-ranked row (rows without
-    a SIGNATURE, see `drop_exact_duplicates`, are never one)."""
 
     def step(lf: pl.LazyFrame) -> pl.LazyFrame:
         df = lf.collect()
-        duplicate = np.zeros(df.height, dtype=bool)
-        judged = df[SIGNATURE].is_not_null().arg_true()
-        if len(judged):
-            signatures = df[SIGNATURE].gather(judged).to_numpy()
-            duplicate[judged.to_numpy()] = duplicate_mask(signatures, threshold, df[RANK].gather(judged).to_numpy())
-        return df.drop(SIGNATURE).filter(pl.Series(~duplicate)).lazy()
+        if CTX_KEY in df.columns:
+            lonely = df[CTX_KEY].is_not_null() & df[CTX_KEY].is_unique()
+            judged = (~lonely).arg_true()
+            keys, signatures = fingerprints(df[PROMPT].gather(judged), df[RESPONSE].gather(judged))
+            context = df[CTX_KEY].gather(judged)
+            keys = pl.DataFrame([keys, context]).select(
+                pl.when(pl.col(CTX_KEY).is_null()).then(pl.col(KEY))
+                .otherwise(pl.struct(KEY, CTX_KEY).hash(seed=0)).alias(KEY)
+            ).to_series()  # fmt: skip
+            signatures ^= (context.fill_null(0).to_numpy() & np.uint64(0xFFFFFFFF)).astype(np.uint32)[:, None]
+            keep = lonely.to_numpy().copy()
+        else:
+            judged = pl.int_range(df.height, dtype=pl.UInt32, eager=True)
+            keys, signatures = fingerprints(df[PROMPT], df[RESPONSE])
+            keep = np.zeros(df.height, dtype=bool)
+        ranks = df[RANK].gather(judged)
+        best = pl.DataFrame([keys, ranks]).select(pl.col(RANK) == pl.col(RANK).min().over(KEY)).to_series().to_numpy()
+        kept_judged = judged.to_numpy()[best]
+        signatures = _keep_rows(signatures, np.flatnonzero(best))
+        near = np.zeros(df.height, dtype=bool)
+        near[kept_judged] = duplicate_mask(signatures, near_threshold, ranks.to_numpy()[best])
+        del signatures
+        keep[kept_judged] = True
+        key = pl.repeat(None, df.height, dtype=pl.UInt64, eager=True).scatter(judged, keys).alias(KEY)
+        return df.with_columns(key, pl.Series(NEAR_DUPLICATE, near)).filter(pl.Series(keep)).lazy()
 
     return step
+
+
+def drop_near_duplicates(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Drop rows that `drop_exact_duplicates` marked near-duplicates of a better-ranked row
+    (rows without a fingerprint are never one)."""
+    return lf.filter(~pl.col(NEAR_DUPLICATE)).drop(NEAR_DUPLICATE)
 
 
 def cap_per_user(max_rows: int) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
@@ -252,8 +248,8 @@ def curation_steps(settings: Settings, replay_pool: pl.LazyFrame | None = None) 
         ("not_superseded", drop_superseded),
         ("length_ok", keep_length(settings.min_chars, settings.max_chars)),
         ("no_control_tokens", drop_control_tokens),
-        ("exact_dedup", drop_exact_duplicates),
-        ("near_dedup", drop_near_duplicates(settings.near_dup_threshold)),
+        ("exact_dedup", drop_exact_duplicates(settings.near_dup_threshold)),
+        ("near_dedup", drop_near_duplicates),
         ("per_user_cap", cap_per_user(settings.max_rows_per_user)),
         ("replay", add_replay(pool, fraction, settings.seed)),
     ]
@@ -304,7 +300,8 @@ def curate_rows(
     contexts = walk_contexts(current, messages, max_depth=settings.max_conversation_messages,
                              budget_chars=settings.train_max_length * CHARS_PER_TOKEN)  # fmt: skip
     current = current.hstack(context_columns(contexts, current.height).drop(ROW).get_columns())
-    loaded = current.select(ROW, CONTEXT, RESPONSE, HELPFUL, REGENERATED) if CONTEXT in current.columns else None
+    loaded = current.select(ROW, RESPONSE, HELPFUL, REGENERATED) if CONTEXT in current.columns else None
+    current = current.drop(CONTEXT, CONTEXT_AT, strict=False)  # walked: the ids are not needed again
     current = current.lazy().pipe(rank).collect()
     after = {"loaded": current.height}
     for name, step in curation_steps(settings, replay_pool):

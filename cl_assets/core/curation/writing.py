@@ -19,7 +19,6 @@ from cl_assets.core.events import record_event
 from cl_assets.core.files import atomic_write_bytes
 from cl_assets.core.snapshot import (
     check_snapshot_id,
-    file_sha256,
     new_snapshot_id,
     snapshot_path,
 )
@@ -121,9 +120,8 @@ def curate_snapshot(
             part = with_bodies(rows.slice(start, _LINES_CHUNK), write_bodies)
             yield _utf8(chatml_lines(part, settings.train_mode, newline=True))
 
-    atomic_write_bytes(path, chunks())
+    sha256 = atomic_write_bytes(path, chunks())  # hashed as written
     try:
-        sha256 = file_sha256(path)
         user_hashes = set(rows[USER].drop_nulls().unique().to_list())
         for source in rows[REPLAY_FROM].drop_nulls().unique().to_list():
             user_hashes.update(pool_users.get(source, []))  # who a replayed row came from is unknown
