@@ -162,7 +162,7 @@ def test_loaded_prompts_and_answers_are_the_stored_ones(any_db_settings: Setting
     """The load reads a context row's prompt from its context message and shares each answer
     with the next turn's copy of it; every value still equals what the store holds, an answer
     is never taken from another branch, and CONTEXT_AT names the row's own context message."""
-    from cl_assets.core.store.frames import CONTEXT_AT, MSG_ID
+    from cl_assets.core.store.frames import CONTEXT_AT, MSG_ID, load_messages
 
     settings = any_db_settings
     store = Store.from_settings(settings)
@@ -173,8 +173,9 @@ def test_loaded_prompts_and_answers_are_the_stored_ones(any_db_settings: Setting
                {"role": "assistant", "content": "Parcel 1 goes to depot 1 and then to the customer in town 0."}]  # fmt: skip
     ingestor.ingest_interaction(prompt="And after that?", response="Then it is delivered.", user_id="user-0",
                                 context=history, timestamp=T0 + timedelta(days=1))  # fmt: skip
-    interactions, messages = load_conversations(store)
+    interactions, _ = load_conversations(store)
     loaded = interactions.collect()
+    ids = load_messages(store)[MSG_ID]  # in the same order (rowid) as curation's messages
     stored = {r.id: r for r in store.iter_interactions()}
     assert loaded.height == len(stored)
     for row in loaded.iter_rows(named=True):
@@ -182,7 +183,7 @@ def test_loaded_prompts_and_answers_are_the_stored_ones(any_db_settings: Setting
         if row[CONTEXT_AT] is None:
             assert stored[row["id"]].context_id is None
         else:
-            assert messages[MSG_ID][row[CONTEXT_AT]] == stored[row["id"]].context_id
+            assert ids[row[CONTEXT_AT]] == stored[row["id"]].context_id
     store.close()
 
 

@@ -117,13 +117,21 @@ def drop_superseded(lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.filter(~pl.col(SUPERSEDED))
 
 
-def superseded_mask(fresh: list[str]) -> pl.Expr:
-    """Not among `fresh` (ids rated 👍 since the previous snapshot), not rated 👎, and its
-    question has an answer that is fresh and still rated 👍."""
+def superseded_mask(rows: pl.DataFrame, fresh: list[str]) -> pl.Series:
+    """SUPERSEDED per row: not among `fresh` (ids rated 👍 since the previous snapshot), not
+    rated 👎, and its question has an answer that is fresh and still rated 👍.
+
+    The questions answered afresh are few: they are normalised first, and the whole column only
+    when there is one (normalising a million prompts costs about a second); the rows are then
+    matched by membership, not grouped by question.
+    """
     is_fresh = pl.col(ID).is_in(pl.Series(fresh, dtype=pl.String).implode()) & pl.col(HELPFUL).fill_null(False)
-    answered_again = is_fresh.any().over(normalise(pl.col(PROMPT)))
+    asked = rows.lazy().filter(is_fresh).select(normalise(pl.col(PROMPT))).collect().to_series()
+    if asked.is_empty():
+        return pl.repeat(False, rows.height, dtype=pl.Boolean, eager=True).alias(SUPERSEDED)
+    answered_again = normalise(pl.col(PROMPT)).is_in(asked.unique().implode())
     rated_down = pl.col(HELPFUL).not_().fill_null(False)
-    return ~is_fresh & answered_again & ~rated_down
+    return rows.select((~is_fresh & answered_again & ~rated_down).alias(SUPERSEDED)).to_series()
 
 
 def keep_length(min_chars: int, max_chars: int) -> Callable[[pl.LazyFrame], pl.LazyFrame]:
@@ -283,7 +291,7 @@ def with_bodies(rows: pl.DataFrame, write_bodies: BodyWriter | None) -> pl.DataF
 
 
 def curate_rows(
-    interactions: pl.LazyFrame,
+    interactions: pl.LazyFrame | pl.DataFrame,
     settings: Settings,
     replay_pool: pl.LazyFrame | None = None,
     messages: pl.DataFrame | None = None,
@@ -291,11 +299,18 @@ def curate_rows(
 ) -> tuple[pl.DataFrame, dict[str, int], BodyWriter | None]:
     """`curate_frame`, with the new rows' BODY left for the writer to encode a slice at a
     time (`with_bodies`): the encoded contexts of every line at once would be the biggest
-    thing in memory. The rows carry ROW (null for replayed rows, whose BODY is there)."""
-    current = interactions.collect().with_row_index(ROW)
+    thing in memory. The rows carry ROW (null for replayed rows, whose BODY is there).
+
+    A DataFrame of `interactions` is taken over: its columns are moved out (it is left empty),
+    so that what the steps drop is freed as they go rather than kept alive by the caller."""
+    if isinstance(interactions, pl.DataFrame):
+        current = pl.DataFrame([interactions.drop_in_place(name) for name in interactions.columns])
+    else:
+        current = interactions.collect()
+    current = current.with_row_index(ROW)
     superseded = None
     if fresh is not None and settings.supersede_answers:  # one pass over the prompts, for the step and the contexts
-        current = current.with_columns(superseded_mask(fresh).alias(SUPERSEDED))
+        current = current.with_columns(superseded_mask(current, fresh))
         superseded = current.filter(pl.col(SUPERSEDED))[ROW]
     contexts = walk_contexts(current, messages, max_depth=settings.max_conversation_messages,
                              budget_chars=settings.train_max_length * CHARS_PER_TOKEN)  # fmt: skip

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +25,12 @@ from cl_assets.core.snapshot import (
     snapshot_path,
 )
 from cl_assets.core.store import Store
-from cl_assets.core.store.frames import load_conversations
+from cl_assets.core.store.frames import read_conversations
 from cl_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 _LINES_CHUNK = 50_000
+_ENCODERS = 2
 
 
 class SnapshotExistsError(FileExistsError):
@@ -109,16 +112,27 @@ def curate_snapshot(
     # Rated 👍 since the previous snapshot: their answers supersede older ones to the same question.
     fresh = store.rated_helpful_since(previous.feedback_watermark) if previous is not None else None
     pool, pool_users = replay_pool(store, snapshot_id, settings.train_mode) if settings.replay_fraction > 0 else (None, {})
-    interactions, messages = load_conversations(store, since)
-    rows, counts, write_bodies = curate_rows(interactions, settings, pool, messages, fresh)
+    interactions, messages = read_conversations(store, since)
+    rows, counts, write_bodies = curate_rows(interactions, settings, pool, messages, fresh)  # takes the columns over
     del interactions, messages
     if rows.is_empty():
         raise NothingToCurateError(counts)
 
-    def chunks() -> Iterator[memoryview]:  # in slices: one slice's contexts and lines alive at a time
-        for start in range(0, rows.height, _LINES_CHUNK):
-            part = with_bodies(rows.slice(start, _LINES_CHUNK), write_bodies)
-            yield _utf8(chatml_lines(part, settings.train_mode, newline=True))
+    def encoded(start: int) -> memoryview:
+        part = with_bodies(rows.slice(start, _LINES_CHUNK), write_bodies)
+        return _utf8(chatml_lines(part, settings.train_mode, newline=True))
+
+    def chunks() -> Iterator[memoryview]:
+        """The lines in slices, in order, two encoded at once on threads (Polars releases the
+        GIL; one slice's work is one thread's): a few slices' contexts and lines alive at a time."""
+        with ThreadPoolExecutor(max_workers=_ENCODERS, thread_name_prefix="cl-lines") as pool:
+            pending: deque[Future[memoryview]] = deque()
+            for start in range(0, rows.height, _LINES_CHUNK):
+                pending.append(pool.submit(encoded, start))
+                if len(pending) == _ENCODERS:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     sha256 = atomic_write_bytes(path, chunks())  # hashed as written
     try:

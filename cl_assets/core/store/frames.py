@@ -10,7 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import (
     Integer,
     Select,
@@ -189,8 +192,15 @@ def _sqlite_file(store: Store) -> Path | None:
 
 
 def load_conversations(store: Store, since: datetime | None = None) -> tuple[pl.LazyFrame, pl.DataFrame]:
-    """`load_interactions` and `load_messages` together, for curation; the interactions carry
-    CONTEXT_AT, their context message's place in the messages frame.
+    """`read_conversations`, the interactions as a LazyFrame like `load_interactions`'."""
+    interactions, messages = read_conversations(store, since)
+    return interactions.lazy(), messages
+
+
+def read_conversations(store: Store, since: datetime | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The interactions (as `load_interactions`, plus CONTEXT_AT: their context message's place
+    in the messages frame) and the messages (as `load_messages`, without MSG_ID: once the places
+    are known the ids are not needed again), for curation.
 
     From a SQLite file both come from one ADBC child, read side by side, the messages in a
     snapshot no older than the interactions' (see `arrow_reader`). A context row's prompt is
@@ -215,6 +225,7 @@ def load_conversations(store: Store, since: datetime | None = None) -> tuple[pl.
         messages = _with_parents(raw)
         del raw
     at = places(interactions[CONTEXT], messages[MSG_ID]).alias(CONTEXT_AT)
+    messages = messages.drop(MSG_ID)
     missing = interactions[CONTEXT].is_not_null() & at.is_null()
     prompts = pl.select(pl.coalesce(interactions[PROMPT], messages[MSG_CONTENT].gather(at))).to_series()
     interactions = interactions.with_columns(prompts.alias(PROMPT), at)
@@ -223,7 +234,7 @@ def load_conversations(store: Store, since: datetime | None = None) -> tuple[pl.
         log.warning("%d interactions name a context no longer stored (erased while curation read); left out",
                     missing.sum())  # fmt: skip
         interactions = interactions.filter(~missing)
-    return interactions.lazy(), messages
+    return interactions, messages
 
 
 def _shared_answers(interactions: pl.DataFrame, messages: pl.DataFrame) -> pl.Series:
@@ -233,21 +244,23 @@ def _shared_answers(interactions: pl.DataFrame, messages: pl.DataFrame) -> pl.Se
     answers in a conversation store, can go. Texts are compared, not just their hashes.
     """
     response = interactions[RESPONSE]
-    answers = (
-        pl.DataFrame({"_parent": messages[MSG_PARENT], "_h": messages[MSG_CONTENT].hash(seed=_ID_HASH_SEED)})
-        .with_row_index("_answer")
-        .filter(messages[MSG_ROLE] == "assistant")
-    )
-    asked = pl.DataFrame({"_parent": interactions[CONTEXT_AT].cast(pl.Int64), "_h": response.hash(seed=_ID_HASH_SEED)})
-    found = asked.join(answers, on=["_parent", "_h"], how="left", maintain_order="left")
+    # One 64-bit key of (parent, text hash) per side: a join of one integer column; a key two
+    # messages share gives a row two matches (then nothing is shared), a wrong match fails the
+    # comparison of the texts (then that answer keeps its own copy).
+    mix = np.uint64(0x9E3779B97F4A7C15)
+    content = messages[MSG_CONTENT].hash(seed=_ID_HASH_SEED) ^ (messages[MSG_PARENT].cast(pl.UInt64, strict=False) * mix)
+    answers = pl.DataFrame({"_k": content}).with_row_index("_answer").filter(messages[MSG_ROLE] == "assistant")
+    asked = pl.DataFrame({"_k": response.hash(seed=_ID_HASH_SEED) ^ (interactions[CONTEXT_AT].cast(pl.UInt64) * mix)})
+    found = asked.join(answers, on="_k", how="left", maintain_order="left")
     if found.height != len(response) or found["_answer"].null_count() == len(response):
-        return response  # two answers share a hash (left as read), or none is shared
+        return response  # two answers share a key (left as read), or none is shared
     shared = messages[MSG_CONTENT].gather(found["_answer"])
     same = (shared == response).fill_null(False)
-    # The others, through Arrow's plain strings, which hold just their texts back to back: a
-    # copy of them alone, so no view into the column as read is left.
+    # The others copied out: Arrow's cast of their views to plain strings copies just their
+    # texts, back to back, so no view into the column as read is left.
     kept = ~same
-    own = pl.Series(response.filter(kept).to_arrow(compat_level=pl.CompatLevel.oldest()))
+    plain = pc.cast(response.filter(kept).to_arrow(compat_level=pl.CompatLevel.newest()), pa.large_string())
+    own = pl.Series(plain)
     # One gather of views from both (a `when/then` of two string columns would copy every text).
     place = pl.select(pl.when(same).then(found["_answer"]).otherwise(kept.cum_sum() - 1 + messages.height)).to_series()
     return pl.concat([messages[MSG_CONTENT], own], rechunk=True).gather(place).alias(RESPONSE)  # one chunk: a gather of views
