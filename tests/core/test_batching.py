@@ -207,6 +207,35 @@ def test_concurrent_requests_for_different_adapters_get_their_own(tiny_model_dir
     assert len({a for a, _ in jobs}) == 3 and len(set(alone)) > 3  # the adapters do answer differently
 
 
+def test_a_request_joins_the_batch_running_in_the_adapter_set(tiny_model_dir: Path) -> None:
+    """The scheduler holds the adapter lock for a whole turn; a request arriving meanwhile must
+    still reach it and join the running batch, not wait for the batch to drain."""
+    served = M.AdapterSet(M.load_base_model(tiny_model_dir), batching=True, max_batch=4)
+    long = served.stream_generate(_conversation(PROMPTS[2]), None, max_new_tokens=300)
+    tokens = iter(long)
+    next(tokens)  # the turn is running: the scheduler holds the lock
+    short: list[M.GenerationStream] = []
+
+    def ask() -> None:
+        stream = served.stream_generate(_conversation(PROMPTS[1]), None, max_new_tokens=4)
+        "".join(stream)
+        short.append(stream)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    flowing = 1
+    for _ in tokens:  # keep the long answer flowing while the short one is asked
+        flowing += 1
+        if short:
+            break
+    asker.join(60)
+    assert short and short[0].result.completion_tokens >= 1
+    assert served.scheduler.max_rows_seen == 2  # they shared forward passes
+    assert flowing < 300  # the short answer finished inside the long one's turn
+    long.cancel()
+    "".join(tokens)
+
+
 def _weights(model) -> dict[str, object]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" not in name}
 

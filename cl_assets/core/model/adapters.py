@@ -182,6 +182,7 @@ class AdapterSet:
     _merged: dict[str, Any] = field(default_factory=dict, init=False, repr=False)  # module -> its weight, now W0 + delta
     _merged_id: str | None = field(default=None, init=False)
     _scheduler: Any = field(default=None, init=False, repr=False)
+    _scheduler_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -456,17 +457,24 @@ class AdapterSet:
 
     @property
     def scheduler(self) -> Any:
-        """The `BatchScheduler` answering `stream_generate` when batching is on (made on first use)."""
-        with self._lock:
-            if self._scheduler is None:
-                from cl_assets.core.model.batching import BatchScheduler
+        """The `BatchScheduler` answering `stream_generate` when batching is on (made on first use).
 
-                config_eos = getattr(self.base.model.generation_config, "eos_token_id", None)
-                self._scheduler = BatchScheduler(
-                    self.tokenizer, self._turn, max_batch=self.max_batch, contended=lambda: self._waiting > 0,
-                    eos_ids=_as_set(self.tokenizer.eos_token_id) | _as_set(config_eos),
-                )  # fmt: skip
-            return self._scheduler
+        Under a lock of its own, not the adapter lock: the scheduler holds that one for a whole
+        turn, and a request that waited for it here could not join the batch running meanwhile
+        (it waited for the batch to drain: continuous batching undone)."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            with self._scheduler_lock:
+                if self._scheduler is None:
+                    from cl_assets.core.model.batching import BatchScheduler
+
+                    config_eos = getattr(self.base.model.generation_config, "eos_token_id", None)
+                    self._scheduler = BatchScheduler(
+                        self.tokenizer, self._turn, max_batch=self.max_batch, contended=lambda: self._waiting > 0,
+                        eos_ids=_as_set(self.tokenizer.eos_token_id) | _as_set(config_eos),
+                    )  # fmt: skip
+                scheduler = self._scheduler
+        return scheduler
 
     def stream_generate(self, messages: Sequence[Message], adapter_id: str | None, **kwargs: Any) -> GenerationStream:
         """A `GenerationStream` answered with `adapter_id` (None: base) active.
