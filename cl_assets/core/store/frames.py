@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,16 +156,17 @@ def _interactions_sql(store: Store, moment: datetime | None, prompt_from_context
     return str(stmt.compile(dialect=dialect)), since
 
 
-def _interactions_from_arrow(frame: pl.DataFrame) -> pl.DataFrame:
+def _interactions_from_arrow(frame: pl.DataFrame, prompt_from_context: bool = False) -> pl.DataFrame:
     # Casts for an empty result, whose columns ADBC types as integers. In one chunk, so that
-    # the Arrow batches go now rather than live on in a plan. A context row's PROMPT may be
-    # left out of the read ('' here, null out): `load_conversations` takes it from the context.
+    # the Arrow batches go now rather than live on in a plan. `prompt_from_context`: a context
+    # row's PROMPT was left out of the read ('' there, null here; `read_conversations` fills it).
     text = {name: pl.col(name).cast(pl.String) for name in (ID, CREATED, USER, PROMPT, RESPONSE, PII, CONTEXT)}
+    prompt = pl.when(pl.col(_NO_CONTEXT) != 0).then(text[PROMPT]) if prompt_from_context else text[PROMPT]
     return frame.lazy().select(
         text[ID],
         text[CREATED].str.to_datetime(_SQLITE_TIME, time_zone="UTC"),
         pl.when(pl.col(_NO_USER) == 0).then(text[USER]).alias(USER),
-        pl.when((pl.col(_NO_CONTEXT) != 0) | (text[PROMPT] != "")).then(text[PROMPT]).alias(PROMPT),
+        prompt.alias(PROMPT),
         text[RESPONSE],
         text[PII],
         pl.col(HELPFUL).cast(pl.Boolean),
@@ -221,7 +223,8 @@ def read_conversations(store: Store, since: datetime | None = None) -> tuple[pl.
         queries = [_interactions_sql(store, moment, prompt_from_context=True), (_messages_sql(store), None)]
         interactions, raw = read_queries(path, queries, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
                                          batch_rows=_SQLITE_BATCH_ROWS,
-                                         convert=[_interactions_from_arrow, _messages_columns])  # fmt: skip
+                                         convert=[partial(_interactions_from_arrow, prompt_from_context=True),
+                                                  _messages_columns])  # fmt: skip
         messages = _with_parents(raw)
         del raw
     at = places(interactions[CONTEXT], messages[MSG_ID]).alias(CONTEXT_AT)
