@@ -317,8 +317,9 @@ def run(size: str = "small", only_ratio: bool = False) -> Result:
             "CL's SQLite read runs in a child process (ADBC links its own SQLite, which must not open the store beside "
             "the process's own connections): CPU s include the child's; peak RSS MB is the larger of the curating "
             "process's peak and the peak of its RSS plus the reader child's, sampled every 5 ms (the child reads the "
-            "messages while this process converts the interactions). The child streams each result into an Arrow "
-            "file in /dev/shm (memory, about the frame's size), which this process reads back and deletes at once."
+            "interactions and the messages side by side while this process converts what has arrived). The child "
+            "streams each result in parts of 100,000 rows into Arrow files in /dev/shm (memory), each of which this "
+            "process reads back and deletes at once."
         )
         result.notes.append(
             f"At {base_n:,} rows CL takes {runs[base_n]['wall_s']:.2f} s vs the baseline's {baseline['wall_s']:.2f} s "
