@@ -193,8 +193,8 @@ def test_adbc_never_opens_the_store_beside_the_stores_own_sqlite(settings: Setti
 
 
 def test_adbc_reader_streams_parts_of_every_query_side_by_side(tmp_path) -> None:
-    """Each query's result comes in parts converted as they arrive, reassembled in row order;
-    a later query reads a snapshot no older than an earlier one's; one failing query fails all."""
+    """Each query's result comes in parts converted as they arrive, reassembled in row order and
+    finished whole; one failing query fails all."""
     import sqlite3
 
     from cl_assets.core.store.arrow_reader import ArrowReadError, read_queries
@@ -212,8 +212,10 @@ def test_adbc_reader_streams_parts_of_every_query_side_by_side(tmp_path) -> None
         return frame.with_columns(pl.col("word").str.to_uppercase())
 
     first, second = read_queries(path, [("SELECT n, word FROM t ORDER BY n", None), ("SELECT count(*) AS c FROM t", None)],
-                                 busy_timeout_ms=100, batch_rows=4, part_rows=8, convert=[tag, lambda f: f])  # fmt: skip
+                                 busy_timeout_ms=100, batch_rows=4, part_rows=8, convert=[tag, lambda f: f],
+                                 finish=[lambda whole: whole.with_columns(total=pl.col("n").sum()), None])  # fmt: skip
     assert first["n"].to_list() == list(range(25)) and first["word"][24] == "WORD 24"
+    assert first["total"].unique().to_list() == [300]  # `finish` saw the whole result, once
     assert sorted(seen) == [1, 8, 8, 8] and first.n_chunks() == 1  # parts of >= 8 rows (batches of 4), one chunk
     assert second["c"].to_list() == [25]
     [empty] = read_queries(path, [("SELECT n FROM t WHERE n < 0", None)], busy_timeout_ms=100, batch_rows=4)

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -48,14 +49,18 @@ def read_queries(
     batch_rows: int,
     part_rows: int = 100_000,
     convert: Sequence[Convert] | None = None,
+    finish: Sequence[Convert | None] | None = None,
 ) -> list[pl.DataFrame]:
     """Run each `(sql, since)` (one optional `?` parameter, bound to `since`) on the SQLite file
     `database`, all at once (see the module docstring for what they see); returns each result,
-    its parts passed through `convert[i]` (default: as read) as they arrive, in row order.
+    its parts passed through `convert[i]` (default: as read) as they arrive, in row order, then
+    the whole through `finish[i]` (default: none), on a thread of its own as soon as that result
+    is complete, while the others still arrive.
 
     `batch_rows`: rows per Arrow batch; ADBC types each column by its first batch, so a
     conversion must accept a column typed otherwise (an empty result's are integers)."""
     converters = list(convert) if convert is not None else [lambda frame: frame] * len(queries)
+    finishers = list(finish) if finish is not None else [None] * len(queries)
     # mode 0700: only this user reads it; in memory (tmpfs) where the system has one, as each
     # part is mapped at once: a disk would only add write-back of a file about to go.
     shm = Path("/dev/shm")
@@ -76,13 +81,20 @@ def read_queries(
             why = " / ".join(errors.read_text().strip().splitlines()[-3:]) or "no output"
             return ArrowReadError(f"reading {database} failed (exit {proc.returncode}): {why[-2000:]}")
 
+        finishing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cl-arrow-finish")
+        done: dict[int, Future[pl.DataFrame]] = {}
         try:
             assert proc.stdout is not None
             ended: dict[int, int] = {}
             while len(ended) < len(queries):
                 words = proc.stdout.readline().split()
                 if len(words) == 3 and words[1] == "end":  # "<query> end <parts>"
-                    ended[int(words[0])] = int(words[2])
+                    index = int(words[0])
+                    ended[index] = int(words[2])
+                    if ended[index] == len(parts[index]):
+                        whole, parts[index] = _whole(parts[index]), []
+                        done[index] = finishing.submit(finishers[index] or (lambda frame: frame), whole)
+                        del whole
                     continue
                 if len(words) != 2:
                     raise failed()
@@ -95,15 +107,20 @@ def read_queries(
                 assert isinstance(frame, pl.DataFrame)
                 parts[index].append(converters[index](frame))
                 del frame
-            if proc.wait() != 0 or any(ended[i] != len(parts[i]) for i in range(len(queries))):
+            if proc.wait() != 0 or len(done) < len(queries):
                 raise failed()
+            return [done[i].result() for i in range(len(queries))]
         finally:
+            finishing.shutdown(wait=True, cancel_futures=True)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             proc.stdout.close()  # type: ignore[union-attr]
+
+
+def _whole(parts: list[pl.DataFrame]) -> pl.DataFrame:
     # One chunk per column: concatenating string views joins their buffers, no text is copied.
-    return [pl.concat(frames, rechunk=True) for frames in parts]
+    return pl.concat(parts, rechunk=True)
 
 
 def read_query(database: Path, sql: str, since: str | None, *, busy_timeout_ms: int, batch_rows: int) -> pl.DataFrame:

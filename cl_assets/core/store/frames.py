@@ -221,12 +221,12 @@ def read_conversations(store: Store, since: datetime | None = None) -> tuple[pl.
         if since is not None:
             moment = since.replace(tzinfo=UTC) if since.tzinfo is None else since.astimezone(UTC)
         queries = [_interactions_sql(store, moment, prompt_from_context=True), (_messages_sql(store), None)]
-        interactions, raw = read_queries(path, queries, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
-                                         batch_rows=_SQLITE_BATCH_ROWS,
-                                         convert=[partial(_interactions_from_arrow, prompt_from_context=True),
-                                                  _messages_columns])  # fmt: skip
-        messages = _with_parents(raw)
-        del raw
+        # The messages' parents are placed while the interactions still arrive (they take longer).
+        interactions, messages = read_queries(path, queries, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
+                                              batch_rows=_SQLITE_BATCH_ROWS,
+                                              convert=[partial(_interactions_from_arrow, prompt_from_context=True),
+                                                       _messages_columns],
+                                              finish=[None, _with_parents])  # fmt: skip
     at = places(interactions[CONTEXT], messages[MSG_ID]).alias(CONTEXT_AT)
     messages = messages.drop(MSG_ID)
     missing = interactions[CONTEXT].is_not_null() & at.is_null()
@@ -330,8 +330,8 @@ def load_messages(store: Store, batch_size: int = 100_000) -> pl.DataFrame:
         from cl_assets.core.store.engine import SQLITE_BUSY_TIMEOUT_MS
 
         [frame] = read_queries(path, [(_messages_sql(store), None)], busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS,
-                               batch_rows=_SQLITE_BATCH_ROWS, convert=[_messages_columns])  # fmt: skip
-        return _with_parents(frame)
+                               batch_rows=_SQLITE_BATCH_ROWS, convert=[_messages_columns], finish=[_with_parents])  # fmt: skip
+        return frame
     stmt = select(
         Message.id.label(MSG_ID),
         Message.parent_id.label("_parent_id"),
