@@ -15,9 +15,11 @@ and deployed through the registry, as a training cycle would:
 - *generation*: `engine.ask(...)` drained, greedy, the same prompts in each state; the turn's
   own `GenerationResult` gives TTFT and tokens/s (completion tokens / latency).
 
-- *one stream*: tokens/s of one answer with adapter A through the engine (A merged into the
-  weights, SDPA attention, CL's decode loop; and with eager attention) against plain transformers (`model.generate` on
-  a `PeftModel` holding A, default attention), transformers with eager attention, and
+- *one stream*: tokens/s of one answer with adapter A through the engine as shipped (A merged
+  into the weights, in the serving precision `CL_CHAT_DTYPE=auto` resolves to on this CPU, SDPA
+  attention, CL's decode loop), the engine forced to float32 and to bfloat16, and with eager
+  attention, against plain transformers (`model.generate` on a `PeftModel` holding A, float32,
+  default attention: the baseline), transformers with eager attention and in bfloat16, and
   llama.cpp (`llama_cpp.Llama` on the same GGUF file, `n_threads=2`, base model, Q4_1) when
   `llama-cpp-python` is installed;
 - *concurrency*: 1, 4 and 8 clients (threads of another process, each with its own
@@ -62,6 +64,8 @@ PROMPTS = [
     "Tell me about your saffron.",
 ]
 SALT = "bench-salt-not-secret"
+CL_ROW = "**CL engine as shipped** (A merged, {dtype}, SDPA attention, CL decode loop)"
+HF_ROW = "transformers `generate` on a PeftModel with A (float32, default attention): the baseline"
 _RESTART = """
 import json, time
 started = time.perf_counter()
@@ -179,7 +183,7 @@ def concurrent(url: str, clients: int, prompts: list[str]) -> dict[str, float]:
 
 
 def plain_transformers(model_dir: Path, adapter: Path, prompts: list[str], max_new_tokens: int,
-                       attention: str | None = None) -> dict[str, float]:  # fmt: skip
+                       attention: str | None = None, dtype: str | None = None) -> dict[str, float]:  # fmt: skip
     """`model.generate` on a `PeftModel` with the adapter, as a transformers user would run it."""
     import torch
     from peft import PeftModel
@@ -188,6 +192,8 @@ def plain_transformers(model_dir: Path, adapter: Path, prompts: list[str], max_n
     from cl_assets.core.model.threads import release_openmp_threads
 
     loaded = load_base_model(model_dir)
+    if dtype:
+        loaded.model.to(getattr(torch, dtype))
     if attention:
         loaded.model.set_attn_implementation(attention)
     model = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
@@ -256,6 +262,7 @@ def generate_in_state(engine: Any, prompts: list[str]) -> dict[str, float]:
 
 def run(size: str = "small", model: str | None = None, training_beside: bool = False) -> Result:
     from cl_assets.core.model import AdapterSet, ensure_base_model, load_base_model
+    from cl_assets.core.model.precision import resolve_precision
     from cl_assets.core.model.threads import release_openmp_threads
     from cl_assets.core.registry import Registry, adapter_dir
     from cl_assets.core.store import Store
@@ -279,6 +286,16 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
             register(settings, store, adapter_id)
         registry = Registry(settings, store)
         a, b, c = ADAPTERS
+
+        # The serving precision `auto` resolves to on this CPU, measured once before the reloads
+        # (as the first start of the chat on a machine does), so no reload below includes it.
+        precision = resolve_precision(load_base_model(model_dir), settings.chat_dtype, settings.models_dir)
+        result.notes.append(
+            f"Serving precision: `CL_CHAT_DTYPE={settings.chat_dtype}` → **{precision.dtype}** ({precision.reason}"
+            + (f": a decode step {precision.float32_ms:.1f} ms in float32, {precision.bfloat16_ms:.1f} ms in bfloat16"
+               if precision.float32_ms and precision.bfloat16_ms else "") + "). Every engine row below serves in it "
+            "unless it names another."
+        )
 
         # Full reloads: the engine started while A is deployed, and the bare model + adapter load.
         registry.deploy(a, actor="bench", reason="reload")
@@ -353,17 +370,18 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
         registry.deploy(a, actor="bench", reason="one stream")
         engine.refresh()
         stream_prompts = PROMPTS[: max(2, cfg["prompts"])]
-        one_stream = {"CL engine (A merged, SDPA attention, CL decode loop)": generate_in_state(engine, stream_prompts)}
-        eager = ChatEngine(settings.model_copy(update={"chat_attention": "eager"}), store=store)
-        one_stream["CL engine, `CL_CHAT_ATTENTION=eager`"] = generate_in_state(eager, stream_prompts)
-        del eager
-        half = ChatEngine(settings.model_copy(update={"chat_dtype": "bfloat16"}), store=store)
-        one_stream["CL engine, `CL_CHAT_DTYPE=bfloat16` (opt-in)"] = generate_in_state(half, stream_prompts)
-        del half
-        one_stream["transformers `generate` on a PeftModel with A (default attention)"] = plain_transformers(
-            model_dir, adapter_dir(settings, a), stream_prompts, cfg["max_new_tokens"])
+        one_stream = {CL_ROW.format(dtype=precision.dtype): generate_in_state(engine, stream_prompts)}
+        for label, update in (("`CL_CHAT_DTYPE=float32`", {"chat_dtype": "float32"}),
+                              ("`CL_CHAT_DTYPE=bfloat16`", {"chat_dtype": "bfloat16"}),
+                              ("`CL_CHAT_ATTENTION=eager`", {"chat_attention": "eager"})):  # fmt: skip
+            other = ChatEngine(settings.model_copy(update=update), store=store)
+            one_stream[f"CL engine, {label}"] = generate_in_state(other, stream_prompts)
+            del other
+        one_stream[HF_ROW] = plain_transformers(model_dir, adapter_dir(settings, a), stream_prompts, cfg["max_new_tokens"])
         one_stream["transformers `generate` on a PeftModel with A, eager attention"] = plain_transformers(
             model_dir, adapter_dir(settings, a), stream_prompts, cfg["max_new_tokens"], attention="eager")
+        one_stream["transformers `generate` on a PeftModel with A, `dtype=bfloat16`"] = plain_transformers(
+            model_dir, adapter_dir(settings, a), stream_prompts, cfg["max_new_tokens"], dtype="bfloat16")
         cpp = llama_cpp(stream_prompts, cfg["max_new_tokens"]) if size != "tiny" else None
         if cpp is not None:
             one_stream["llama.cpp (`llama_cpp.Llama`, same GGUF, Q4_1, base only, 2 threads)"] = cpp
@@ -412,8 +430,8 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
     sw.add("`engine.refresh()` with nothing new deployed", median(unchanged), f"{reload_med / median(unchanged):,.0f}×")
     result.notes.append(f"The engine that swapped served every state and swap from {'the same' if same_base else 'ANOTHER'} base model object (it never reloads).")
 
-    cl_tps = one_stream["CL engine (A merged, SDPA attention, CL decode loop)"]["tokens_per_s"]
-    hf_tps = one_stream["transformers `generate` on a PeftModel with A (default attention)"]["tokens_per_s"]
+    cl_tps = one_stream[CL_ROW.format(dtype=precision.dtype)]["tokens_per_s"]
+    hf_tps = one_stream[HF_ROW]["tokens_per_s"]
     one = result.table(f"One stream with adapter A (greedy, ≤ {cfg['max_new_tokens']} new tokens, median of "
                        f"{len(stream_prompts)} prompts)", ["path", "tokens/s", "CL ÷ this"])  # fmt: skip
     for path_label, m in one_stream.items():

@@ -193,7 +193,7 @@ def eval_command(
 ) -> None:
     """Score the base model or an adapter on a keyword QA file (greedy decoding)."""
     from cl_assets.core.evaluation import QAFormatError, evaluate_model, format_report, load_qa
-    from cl_assets.core.model import AdapterSet, load_base_model
+    from cl_assets.core.model.precision import serving_adapters
     from cl_assets.core.registry import RegistryError
 
     settings, _, registry = _store_and_registry()
@@ -203,7 +203,7 @@ def eval_command(
         path = registry.verified_path(adapter_id) if adapter_id else None
     except (QAFormatError, RegistryError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
-    adapters = AdapterSet(load_base_model(settings), routing=settings.scope_routing)
+    adapters = serving_adapters(settings, settings)  # in the chat's precision, as the gate judges
     if adapter_id and path:
         adapters.ensure_loaded(adapter_id, path)
     with Progress(console=console, transient=True) as bar:

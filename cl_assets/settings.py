@@ -133,9 +133,9 @@ class Settings(BaseSettings):
     chat_attention: Literal["eager", "sdpa"] = Field(
         "sdpa", description="Attention kernel of the chat model (`sdpa`: as fast as `eager` for one answer on a CPU, 14 % faster steps at 8 batched rows, and faster beside a training run)."
     )
-    chat_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="Weights of the chat model: `float32` answers as evaluation measured; `bfloat16` halves their memory (on the 2-core CPU of docs/benchmarks.md one answer ran at 0.84-0.88x float32's tokens/s), answers may differ slightly.",
+    chat_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Weights of the chat model, and the precision evaluation judges adapters in (serving precision): `auto` measures a few decode steps in both on first use and takes bfloat16 where it is at least 1.2x faster (CPUs with fast bf16 kernels; result kept per CPU in `<models_dir>/serving_precision.json`), else float32.",
     )
     chat_merge_adapter: bool = Field(
         True, description="Serve the deployed adapter merged into the base weights (the base is restored exactly on a swap)."

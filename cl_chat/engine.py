@@ -44,6 +44,7 @@ from cl_assets.core.model import (
     StopStrings,
     load_base_model,
 )
+from cl_assets.core.model.precision import serving_precision
 from cl_assets.core.model.threads import release_openmp_threads
 from cl_assets.core.registry import BASE_LABEL, Registry, RegistryError
 from cl_assets.core.snapshot import is_snapshot_id
@@ -240,12 +241,9 @@ class ChatEngine:
         else:
             loaded = load_base_model(settings if model is None else model)
         # Attention: SDPA by default (`CL_CHAT_ATTENTION`; bench/chat.py measures both).
-        # bf16 weights are opt-in: evaluation judged the adapter's fp32 answers, and on a CPU
-        # without fast bf16 matrix-vector kernels one answer runs slower in bf16.
-        if settings.chat_dtype == "bfloat16":
-            import torch
-
-            loaded.model.to(torch.bfloat16)
+        # Weights in the serving precision (`CL_CHAT_DTYPE`), the one evaluation judged the
+        # adapter in: bf16 where this CPU runs it clearly faster, else fp32.
+        self.precision = serving_precision(loaded, settings)
         if loaded.model.config._attn_implementation != settings.chat_attention:
             loaded.model.set_attn_implementation(settings.chat_attention)
         self.adapters = AdapterSet(
@@ -332,6 +330,11 @@ class ChatEngine:
                     self._deployment_id = None  # reloaded by a request: follow the registry again next turn
         self.adapters.ensure_loaded(adapter_id, path, weights=AdapterWeights.from_files(files, path))
         self._loaded_sha[adapter_id] = sha
+        judged = ((registered.eval_report if registered else None) or {}).get("dtype")
+        if judged and judged != self.precision.dtype:
+            log.warning("Adapter %s was evaluated in %s but is served in %s: its answers may differ from the "
+                        "evaluated ones (set CL_CHAT_DTYPE=%s to serve it as judged)", adapter_id, judged,
+                        self.precision.dtype, judged)  # fmt: skip
 
     # -- prompts -------------------------------------------------------------------------------
 

@@ -44,6 +44,9 @@ def _no_cl_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Most tests train a tiny random model, which cannot synthesize the base-model anchor set
     # (it never samples an end of turn). Tests of anchoring ask for it explicitly.
     monkeypatch.setenv("CL_ANCHOR_ROWS", "0")
+    # `auto` picks bf16 or fp32 by timing this CPU: answers in tests must not depend on the
+    # machine. Tests of the serving precision ask for `auto` or bf16 explicitly.
+    monkeypatch.setenv("CL_CHAT_DTYPE", "float32")
 
 
 @pytest.fixture

@@ -228,7 +228,7 @@ def evaluate_partition(
     """Base vs candidate vs deployed on the same prompts; the gate verdict is recorded on the adapter."""
     from cl_assets.core.evaluation import compare_for_snapshot
     from cl_assets.core.gates import evaluation_gates
-    from cl_assets.core.model import AdapterSet, load_base_model
+    from cl_assets.core.model.precision import serving_adapters
 
     registry = Registry(settings, store)
     if store.get_adapter(adapter_id) is None:
@@ -236,7 +236,7 @@ def evaluate_partition(
     candidate_path = registry.verified_path(adapter_id)
     deployed = registry.current().adapter_id
     deployed_path = registry.verified_path(deployed) if deployed and deployed != adapter_id else None
-    adapters = AdapterSet(load_base_model(base_model), routing=settings.scope_routing)
+    adapters = serving_adapters(settings, base_model)  # judged as the chat will serve it
     report = compare_for_snapshot(
         settings,
         adapters,

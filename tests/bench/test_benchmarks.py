@@ -90,7 +90,9 @@ def test_chat(tmp_path: Path, bench_env: dict[str, str], tiny_model_dir: Path) -
     ops = first_column(table(result, "Swap vs reload"))
     assert any(o.startswith("full reload") for o in ops) and any("hot-swap" in o for o in ops)
     paths = first_column(table(result, "One stream with adapter A"))
-    assert paths[0].startswith("CL engine") and any(p.startswith("transformers") for p in paths)
+    assert paths[0].startswith("**CL engine as shipped") and any(p.startswith("transformers") for p in paths)
+    assert any("CL_CHAT_DTYPE=float32" in p for p in paths) and any("CL_CHAT_DTYPE=bfloat16" in p for p in paths)
+    assert any(n.startswith("Serving precision: `CL_CHAT_DTYPE=float32` → **float32** (set)") for n in result["notes"])
     clients = table(result, "Concurrent clients")
     assert {(str(r[0]), r[1]) for r in clients["rows"]} == {(n, m) for n in ("1", "2") for m in ("batched", "one at a time")}
 

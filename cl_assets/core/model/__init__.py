@@ -13,7 +13,8 @@ so `import cl_assets.core.model` stays cheap for Dagster's code server and the C
 
 Modules: `base` (resolution, GGUF conversion, device, loading), `generation` (prompts that fit,
 streaming with metrics), `batching` (continuous batching of concurrent answers), `adapters`
-(reading, verifying and swapping LoRA adapters), `threads` (threads that stop computing hand
+(reading, verifying and swapping LoRA adapters), `precision` (the dtype the chat serves and
+evaluation judges in, measured per CPU for `auto`), `threads` (threads that stop computing hand
 their OpenMP workers back, so the generating thread runs at full speed).
 """
 

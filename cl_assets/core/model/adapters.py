@@ -362,8 +362,11 @@ class AdapterSet:
                 weight = module.get_base_layer().weight
                 if name not in self._pristine:
                     self._pristine[name] = weight.detach().clone()
-                delta = module.get_delta_weight(slot.name).to(weight.dtype)  # type: ignore[union-attr]
-                torch.add(self._pristine[name], delta, out=weight.data)
+                delta = module.get_delta_weight(slot.name)  # type: ignore[union-attr]
+                if delta.dtype == weight.dtype:
+                    torch.add(self._pristine[name], delta, out=weight.data)
+                else:  # bf16 weights, fp32 LoRA: add in fp32, round once (a bf16 delta loses its low bits)
+                    weight.data.copy_(self._pristine[name].to(delta.dtype) + delta)
                 self._merged[name] = weight
         self._merged_id = adapter_id
 
