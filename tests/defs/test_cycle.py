@@ -194,5 +194,6 @@ def test_cl_demo_then_its_second_batch_warm_starts_and_asks_the_second_taught_se
     metadata = event.asset_materialization.metadata
     assert {"accuracy_kept", "accuracy_changed", "accuracy_new", "old_answers_to_changed_facts"} <= set(metadata)
     assert metadata["taught_set"].value.endswith("qa_eval_2.jsonl")
+    assert metadata["precision"].value == "float32"  # conftest pins the serving precision
     # Without --second-batch the shipped taught set is asked again.
     assert json.loads((settings.eval_dir / cycle1 / "report.json").read_text())["taught"][cycle1]["n"] == 24

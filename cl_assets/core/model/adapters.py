@@ -363,10 +363,9 @@ class AdapterSet:
                 if name not in self._pristine:
                     self._pristine[name] = weight.detach().clone()
                 delta = module.get_delta_weight(slot.name)  # type: ignore[union-attr]
-                if delta.dtype == weight.dtype:
-                    torch.add(self._pristine[name], delta, out=weight.data)
-                else:  # bf16 weights, fp32 LoRA: add in fp32, round once (a bf16 delta loses its low bits)
-                    weight.data.copy_(self._pristine[name].to(delta.dtype) + delta)
+                # bf16 weights, fp32 LoRA: the sum is computed in fp32 and rounded once into the
+                # bf16 weight (a delta cast to bf16 first would lose its low bits).
+                torch.add(self._pristine[name], delta, out=weight.data)
                 self._merged[name] = weight
         self._merged_id = adapter_id
 
