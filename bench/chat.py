@@ -16,8 +16,9 @@ and deployed through the registry, as a training cycle would:
   own `GenerationResult` gives TTFT and tokens/s (completion tokens / latency).
 
 - *one stream*: tokens/s of one answer with adapter A through the engine as shipped (A merged
-  into the weights, in the serving precision `CL_CHAT_DTYPE=auto` resolves to on this CPU, SDPA
-  attention, CL's decode loop), the engine forced to float32 and to bfloat16, and with eager
+  into the weights or beside int4 ones, in the serving precision `CL_CHAT_DTYPE=auto` resolves
+  to on this CPU, SDPA attention, CL's decode loop), the engine forced to float32, bfloat16 and
+  int4, and with eager
   attention, against plain transformers (`model.generate` on a `PeftModel` holding A, float32,
   default attention: the baseline), transformers with eager attention and in bfloat16, and
   llama.cpp (`llama_cpp.Llama` on the same GGUF file, `n_threads=2`, base model, Q4_1) when
@@ -64,7 +65,7 @@ PROMPTS = [
     "Tell me about your saffron.",
 ]
 SALT = "bench-salt-not-secret"
-CL_ROW = "**CL engine as shipped** (A merged, {dtype}, SDPA attention, CL decode loop)"
+CL_ROW = "**CL engine as shipped** ({precision}, A {how}, SDPA attention, CL decode loop)"
 HF_ROW = "transformers `generate` on a PeftModel with A (float32, default attention): the baseline"
 _RESTART = """
 import json, time
@@ -291,9 +292,9 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
         # (as the first start of the chat on a machine does), so no reload below includes it.
         precision = resolve_precision(load_base_model(model_dir), settings.chat_dtype, settings.models_dir)
         result.notes.append(
-            f"Serving precision: `CL_CHAT_DTYPE={settings.chat_dtype}` → **{precision.dtype}** ({precision.reason}"
-            + (f": a decode step {precision.float32_ms:.1f} ms in float32, {precision.bfloat16_ms:.1f} ms in bfloat16"
-               if precision.float32_ms and precision.bfloat16_ms else "") + "). Every engine row below serves in it "
+            f"Serving precision: `CL_CHAT_DTYPE={settings.chat_dtype}` → **{precision.name}** ({precision.reason}"
+            + (": a decode step " + ", ".join(f"{v:.1f} ms in {k}" for k, v in precision.step_ms.items())
+               if precision.step_ms else "") + "). Every engine row below serves in it "
             "unless it names another."
         )
 
@@ -370,9 +371,12 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
         registry.deploy(a, actor="bench", reason="one stream")
         engine.refresh()
         stream_prompts = PROMPTS[: max(2, cfg["prompts"])]
-        one_stream = {CL_ROW.format(dtype=precision.dtype): generate_in_state(engine, stream_prompts)}
+        cl_row = CL_ROW.format(precision=precision.name,
+                               how="beside the int4 weights" if precision.name == "int4" else "merged")
+        one_stream = {cl_row: generate_in_state(engine, stream_prompts)}
         for label, update in (("`CL_CHAT_DTYPE=float32`", {"chat_dtype": "float32"}),
                               ("`CL_CHAT_DTYPE=bfloat16`", {"chat_dtype": "bfloat16"}),
+                              ("`CL_CHAT_DTYPE=int4`", {"chat_dtype": "int4"}),
                               ("`CL_CHAT_ATTENTION=eager`", {"chat_attention": "eager"})):  # fmt: skip
             other = ChatEngine(settings.model_copy(update=update), store=store)
             one_stream[f"CL engine, {label}"] = generate_in_state(other, stream_prompts)
@@ -430,7 +434,7 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
     sw.add("`engine.refresh()` with nothing new deployed", median(unchanged), f"{reload_med / median(unchanged):,.0f}×")
     result.notes.append(f"The engine that swapped served every state and swap from {'the same' if same_base else 'ANOTHER'} base model object (it never reloads).")
 
-    cl_tps = one_stream[CL_ROW.format(dtype=precision.dtype)]["tokens_per_s"]
+    cl_tps = one_stream[cl_row]["tokens_per_s"]
     hf_tps = one_stream[HF_ROW]["tokens_per_s"]
     one = result.table(f"One stream with adapter A (greedy, ≤ {cfg['max_new_tokens']} new tokens, median of "
                        f"{len(stream_prompts)} prompts)", ["path", "tokens/s", "CL ÷ this"])  # fmt: skip
@@ -467,7 +471,8 @@ def run(size: str = "small", model: str | None = None, training_beside: bool = F
     after = states[f"after hot-swap to B ({b})"]["tokens_per_s"]
     adapter_tps = states[f"adapter A ({a})"]["tokens_per_s"]
     result.notes.append(
-        f"With an adapter (merged into the base weights) the chat runs at {adapter_tps / base_tps:.0%} of the base model's "
+        f"With an adapter ({'beside the int4 weights' if precision.name == 'int4' else 'merged into the base weights'}) "
+        f"the chat runs at {adapter_tps / base_tps:.0%} of the base model's "
         f"tokens/s; after the hot-swap at {after / base_tps:.0%} (the swapped-in adapter runs as fast as the first one)."
     )
     result.notes.append(

@@ -133,9 +133,9 @@ class Settings(BaseSettings):
     chat_attention: Literal["eager", "sdpa"] = Field(
         "sdpa", description="Attention kernel of the chat model (`sdpa`: as fast as `eager` for one answer on a CPU, 14 % faster steps at 8 batched rows, and faster beside a training run)."
     )
-    chat_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+    chat_dtype: Literal["auto", "float32", "bfloat16", "int4"] = Field(
         "auto",
-        description="Weights of the chat model, and the precision evaluation judges adapters in (serving precision): `auto` measures a few decode steps in both on first use and takes bfloat16 where it is at least 1.2x faster (CPUs with fast bf16 kernels; result kept per CPU in `<models_dir>/serving_precision.json`), else float32.",
+        description="Serving precision: how the chat holds its weights, and the precision evaluation judges adapters in. `int4`: the decoder's linear weights in int4 on the GGUF's Q4_1 grid, bf16 compute (CPU only); `auto` times a few decode steps in float32, bfloat16 and int4 on first use and takes the fastest where it is at least 1.2x float32 (kept per CPU in `<models_dir>/serving_precision.json`), float32 on CPUs without native bf16.",
     )
     chat_merge_adapter: bool = Field(
         True, description="Serve the deployed adapter merged into the base weights (the base is restored exactly on a swap)."

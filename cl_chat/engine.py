@@ -330,11 +330,11 @@ class ChatEngine:
                     self._deployment_id = None  # reloaded by a request: follow the registry again next turn
         self.adapters.ensure_loaded(adapter_id, path, weights=AdapterWeights.from_files(files, path))
         self._loaded_sha[adapter_id] = sha
-        judged = ((registered.eval_report if registered else None) or {}).get("dtype")
-        if judged and judged != self.precision.dtype:
+        judged = ((registered.eval_report if registered else None) or {}).get("precision")
+        if judged and judged != self.precision.name:
             log.warning("Adapter %s was evaluated in %s but is served in %s: its answers may differ from the "
                         "evaluated ones (set CL_CHAT_DTYPE=%s to serve it as judged)", adapter_id, judged,
-                        self.precision.dtype, judged)  # fmt: skip
+                        self.precision.name, judged)  # fmt: skip
 
     # -- prompts -------------------------------------------------------------------------------
 

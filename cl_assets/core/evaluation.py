@@ -25,6 +25,7 @@ from typing import Any
 
 from cl_assets.core.files import atomic_directory
 from cl_assets.core.model import AdapterSet, LoadedModel, generate
+from cl_assets.core.model.precision import precision_of
 from cl_assets.core.registry import BASE_LABEL
 from cl_assets.settings import Settings
 
@@ -594,18 +595,13 @@ def _base_cache_key(adapters: AdapterSet, kind: str, items: Sequence[QAItem], ma
         {"format": 1, "kind": kind, "base": base_fingerprint(adapters.base.source), "system": system_prompt,
          "max_new_tokens": max_new_tokens, "batch_size": batch_size,
          # the precision only where it is not fp32, so fp32 caches stay valid
-         **({"dtype": _dtype(adapters)} if _dtype(adapters) != "float32" else {}),
+         **({"precision": precision_of(adapters.base.model)} if precision_of(adapters.base.model) != "float32" else {}),
          # stale keywords and groups only where a set has them, so other sets keep their cached results
          "items": [[i.id, i.prompt, list(i.keywords)] + ([list(i.stale), i.group] if i.stale or i.group else [])
                    for i in items]},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def _dtype(adapters: AdapterSet) -> str:
-    """The precision the base model's weights are held in (`float32`, `bfloat16`, ...)."""
-    return str(adapters.base.model.dtype).removeprefix("torch.")
 
 
 def _read_cache(cache_dir: Path | None, key: str) -> dict[str, Any] | None:
@@ -638,7 +634,7 @@ class Comparison:
     general: dict[str, EvalResult] = field(default_factory=dict)
     out_dir: Path | None = None
     drift: Drift | None = None
-    dtype: str = "float32"  # the precision every answer was given in (the chat's serving precision)
+    precision: str = "float32"  # the precision every answer was given in (the chat's serving precision)
 
     @property
     def base_taught(self) -> EvalResult:
@@ -683,7 +679,7 @@ class Comparison:
             "candidate": self.candidate,
             "deployed": self.deployed,
             "summary": {
-                "dtype": self.dtype,
+                "precision": self.precision,
                 "taught_accuracy": {k: v.accuracy for k, v in self.taught.items()},
                 "taught_partial_accuracy": {k: v.partial_accuracy for k, v in self.taught.items()},
                 "taught_groups": {k: {g: score.accuracy for g, score in v.groups().items()} for k, v in self.taught.items()},
@@ -712,7 +708,7 @@ class Comparison:
             general={k: EvalResult.from_dict(v) for k, v in d["general"].items()},
             out_dir=out_dir,
             drift=Drift.from_dict(d["drift"]) if d.get("drift") else None,
-            dtype=d["summary"].get("dtype", "float32"),
+            precision=d["summary"].get("precision", "float32"),
         )
 
 
@@ -792,7 +788,8 @@ def compare_adapters(
     finally:
         adapters.activate(previous)
     report = Comparison(candidate=candidate_id, deployed=deployed_id, taught=taught_results,
-                        general=general_results, drift=drift, dtype=_dtype(adapters))
+                        general=general_results, drift=drift,
+                        precision=precision_of(adapters.base.model))
     if out_dir is not None:
         report = write_report(report, Path(out_dir))
     return report
@@ -925,7 +922,7 @@ def format_report(result: EvalResult | Comparison) -> str:
     r = result
     lines = [f"# Evaluation of candidate {r.candidate}", ""]
     lines.append(f"Deployed adapter: {r.deployed or 'none (base model serves)'}")
-    lines.append(f"Precision (the chat's): {r.dtype}")
+    lines.append(f"Precision (the chat's): {r.precision}")
     lines += ["", f"## Taught set (n={r.candidate_taught.n})", "", _TABLE_HEAD]
     lines += [_result_line(v) for v in r.taught.values()]
     groups = list(r.candidate_taught.groups())

@@ -359,7 +359,14 @@ class AdapterSet:
         self._unmerge(keep={name for name, _ in modules})
         with torch.no_grad():
             for name, module in modules:
-                weight = module.get_base_layer().weight
+                base_layer = module.get_base_layer()
+                if getattr(base_layer, "set_delta", None) is not None:  # int4 weights: the adapter runs beside them
+                    assert slot is not None
+                    base_layer.set_delta(module.lora_A[slot.name].weight, module.lora_B[slot.name].weight,
+                                         module.scaling[slot.name])  # fmt: skip
+                    self._merged[name] = base_layer
+                    continue
+                weight = base_layer.weight
                 if name not in self._pristine:
                     self._pristine[name] = weight.detach().clone()
                 delta = module.get_delta_weight(slot.name)  # type: ignore[union-attr]
@@ -375,7 +382,11 @@ class AdapterSet:
 
         with torch.no_grad():
             for name in [n for n in self._merged if n not in keep]:
-                self._merged.pop(name).data.copy_(self._pristine[name])
+                merged = self._merged.pop(name)
+                if getattr(merged, "clear_delta", None) is not None:
+                    merged.clear_delta()
+                else:
+                    merged.data.copy_(self._pristine[name])
         if not self._merged:
             self._merged_id = None
 

@@ -42,7 +42,7 @@ def adapter_eval(context: AssetExecutionContext, store: StoreResource, base_mode
             "partial_accuracy": cand.partial_accuracy,
             "base_accuracy": report.base_taught.accuracy,
             "deployed": report.deployed or "none",
-            "precision": report.dtype,  # the chat's serving precision, which every answer was given in
+            "precision": report.precision,  # the chat's serving precision, which every answer was given in
             "forgetting": summary["forgetting"] if summary["forgetting"] is not None else "n/a",
             "general_lost": len(pair.lost) if pair else 0,
             "general_gained": len(pair.gained) if pair else 0,
