@@ -97,6 +97,15 @@ def test_chat(tmp_path: Path, bench_env: dict[str, str], tiny_model_dir: Path) -
     assert {(str(r[0]), r[1]) for r in clients["rows"]} == {(n, m) for n in ("1", "2") for m in ("batched", "one at a time")}
 
 
+def test_precision(tmp_path: Path, bench_env: dict[str, str], tiny_model_dir: Path) -> None:
+    result = run_bench("precision", tmp_path, bench_env, "--model", str(tiny_model_dir))
+    outside = table(result, "outside (packages' facts, unscreened)")
+    assert first_column(outside) == ["float32", "bfloat16", "int4"]
+    assert outside["rows"][0][2] == 0 and outside["rows"][0][3] == 0  # float32 against itself
+    assert table(result, "shipped general set")["rows"]
+    assert set(result["data"]["step_ms"]) == {"float32", "bfloat16", "int4"}
+
+
 def test_run_all_writes_the_doc(tmp_path: Path, bench_env: dict[str, str]) -> None:
     doc = tmp_path / "benchmarks.md"
     proc = subprocess.run(

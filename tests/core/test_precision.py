@@ -257,3 +257,33 @@ def test_int4_serving_runs_adapters_beside_the_int4_weights(
     assert not any(m.has_delta for m in served.base_model.modules() if isinstance(m, Int4Linear))
     text = served.generate([{"role": "user", "content": "Hello"}], a2, max_new_tokens=6).text
     assert text == served.generate([{"role": "user", "content": "Hello"}], a2, max_new_tokens=6).text
+
+
+def test_the_chat_serves_int4_with_the_deployed_adapter_to_concurrent_turns(
+    tiny_model_dir: Path, tiny_adapter_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    import threading
+
+    from cl_assets.core.model.quantized import Int4Linear
+    from cl_assets.core.registry import Registry
+    from cl_chat.engine import ChatEngine
+    from tests.chat.test_engine import register
+
+    settings = make_settings(tmp_path, chat_dtype="int4", max_new_tokens=6)
+    engine = ChatEngine(settings, model=tiny_model_dir)
+    assert engine.precision.name == "int4" and settings.chat_batching
+    base_turn = engine.ask(engine.new_session(), "Where is the warehouse?")
+    base_turn.consume()
+    a1, p1 = next(iter(tiny_adapter_dirs.items()))
+    register(settings, engine.store, p1, a1)
+    Registry(settings, engine.store).deploy(a1, actor="test", reason="int4")
+    turns = [engine.ask(engine.new_session(), "Where is the warehouse?") for _ in range(3)]
+    threads = [threading.Thread(target=t.consume) for t in turns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(t.adapter_version == a1 and t.result.completion_tokens > 0 for t in turns)
+    assert all(t.text != base_turn.text for t in turns)  # the adapter answers, beside the int4 weights
+    deltas = [m.has_delta for m in engine.base_model.modules() if isinstance(m, Int4Linear)]
+    assert any(deltas)
