@@ -248,6 +248,10 @@ def test_int4_serving_runs_adapters_beside_the_int4_weights(
         served.ensure_loaded(adapter_id, path)
         peft.ensure_loaded(adapter_id, path)
     a1, a2 = tiny_adapter_dirs
+    from cl_assets.core.model.quantized import quantize_model_int4
+
+    with pytest.raises(ValueError, match="before LoRA layers"):
+        quantize_model_int4(peft.base_model)  # the LoRA matrices themselves must stay float
     for adapter_id in (a1, a2, a1):
         # the adapter beside the int4 product answers as PEFT's own unmerged LoRA layers do
         mine, theirs = logits(served, adapter_id), logits(peft, adapter_id)

@@ -4,7 +4,7 @@ A decode step of one answer reads every weight once (82 % of a bf16 step is `ate
 EPYC of docs/benchmarks.md), so fewer bytes per weight is more tokens/s, but only where the CPU
 has fast kernels for them: bf16 weights ran a step 1.9x faster than fp32 on that EPYC and 0.88x
 on an Intel Xeon before it. So `auto` measures: a few decode steps of the loaded model in each
-precision this CPU supports, once per CPU, torch version, thread count and model shape, kept in
+precision this CPU supports, once per CPU, torch version and model shape, kept in
 `<models_dir>/serving_precision.json` so that every process on the machine (the chat, and the
 evaluation that gates it) resolves `auto` alike. Anything but fp32 is taken only for a clear
 gain (`MIN_GAIN`), since it changes some greedy answers; the gate judges adapters in the
@@ -66,13 +66,14 @@ def cpu_name() -> str:
 
 
 def machine_key(loaded: LoadedModel) -> str:
-    """What a measured choice holds for: CPU, torch, threads and the model's shape."""
+    """What a measured choice holds for: the CPU, torch and the model's shape (not the thread
+    count, which a process may set: the chat and its evaluation must resolve alike)."""
     import torch
 
     config = loaded.model.config
     shape = [getattr(config, k, None) for k in ("model_type", "hidden_size", "intermediate_size",
                                                   "num_hidden_layers", "vocab_size")]  # fmt: skip
-    return json.dumps([cpu_name(), torch.__version__, torch.get_num_threads(), shape])
+    return json.dumps([cpu_name(), torch.__version__, shape])
 
 
 def native_bf16() -> bool:

@@ -96,6 +96,8 @@ class Int4Linear(nn.Linear):
 def quantize_model_int4(model: nn.Module, group: int = GROUP) -> int:
     """Replace the decoder's linear layers by `Int4Linear` in place (not the LM head, which
     shares the embedding's weights); returns how many were replaced."""
+    if any(hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError("quantize the base before LoRA layers are added: their own Linear layers must stay float")
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     replaced = 0
     with torch.no_grad():
