@@ -242,7 +242,7 @@ class ChatEngine:
             loaded = load_base_model(settings if model is None else model)
         # Attention: SDPA by default (`CL_CHAT_ATTENTION`; bench/chat.py measures both).
         # Weights in the serving precision (`CL_CHAT_DTYPE`), the one evaluation judged the
-        # adapter in: bf16 where this CPU runs it clearly faster, else fp32.
+        # adapter in: by default the fastest this CPU measured (float32, bfloat16 or int4).
         self.precision = serving_precision(loaded, settings)
         if loaded.model.config._attn_implementation != settings.chat_attention:
             loaded.model.set_attn_implementation(settings.chat_attention)

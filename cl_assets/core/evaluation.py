@@ -591,11 +591,12 @@ def _base_cache_key(adapters: AdapterSet, kind: str, items: Sequence[QAItem], ma
                     system_prompt: str | None, batch_size: int | None) -> str:
     from cl_assets.core.anchor import base_fingerprint
 
+    precision = precision_of(adapters.base.model)
     blob = json.dumps(
         {"format": 1, "kind": kind, "base": base_fingerprint(adapters.base.source), "system": system_prompt,
          "max_new_tokens": max_new_tokens, "batch_size": batch_size,
          # the precision only where it is not fp32, so fp32 caches stay valid
-         **({"precision": precision_of(adapters.base.model)} if precision_of(adapters.base.model) != "float32" else {}),
+         **({"precision": precision} if precision != "float32" else {}),
          # stale keywords and groups only where a set has them, so other sets keep their cached results
          "items": [[i.id, i.prompt, list(i.keywords)] + ([list(i.stale), i.group] if i.stale or i.group else [])
                    for i in items]},

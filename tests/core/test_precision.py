@@ -71,6 +71,21 @@ def test_auto_is_measured_once_and_the_verdict_is_shared(tiny_model_dir: Path, t
     assert P.resolve_precision(loaded, "auto", tmp_path).name == flipped
 
 
+def test_two_processes_starting_together_share_one_measurement(tiny_model_dir: Path, tmp_path: Path) -> None:
+    if not P.native_bf16():
+        pytest.skip("this CPU has no native bf16: auto never measures")
+    code = ("import sys; from cl_assets.core import model as M; from cl_assets.core.model import precision as P; "
+            "c = P.resolve_precision(M.load_base_model(sys.argv[1]), 'auto', __import__('pathlib').Path(sys.argv[2])); "
+            "print(c.name, c.reason)")  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tiny_model_dir), str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    outs = sorted(p.communicate(timeout=300)[0].strip() for p in procs)
+    assert all(p.returncode == 0 for p in procs)
+    (name, _), (again, _) = (o.split(" ", 1) for o in outs)
+    assert name == again  # the chat and its evaluation serve and judge in the same precision
+    assert [o.split(" ", 1)[1] for o in outs] == ["measured", "measured earlier"]  # one measured, one waited
+
+
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", json.dumps({"k": {"precision": "int3", "step_ms": {}}})])
 def test_an_unreadable_verdict_file_is_measured_again(tiny_model_dir: Path, tmp_path: Path, content: str) -> None:
     if not P.native_bf16():

@@ -161,8 +161,9 @@ class AdapterSet:
     from a pristine copy of each touched `W0` (kept from the first merge: one more copy of the
     adapted weights in memory, ~430 MB for SmolLM2 all-linear), never `W - delta`, so the base
     comes back bit for bit. Int4 base layers (`quantized.Int4Linear`) are not rewritten: the
-    adapter's A and B are set beside the int4 product, and cleared to restore the base. `batching=True`: `stream_generate` queues to a `BatchScheduler`
-    that batches concurrent answers for the same adapter (`max_batch` rows at most).
+    adapter's A and B are set beside the int4 product, and cleared to restore the base.
+    `batching=True`: `stream_generate` queues to a `BatchScheduler` that batches concurrent
+    answers for the same adapter (`max_batch` rows at most).
     """
 
     base: LoadedModel

@@ -125,7 +125,7 @@ def _ensure_embedded(target: Path) -> Path:
         return target
     gguf = embedded_gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    with file_lock(target.parent / f".{target.name}.lock"):
         if (target / CONVERSION_MARKER).is_file():  # another process converted while we waited
             return target
         if target.exists():
@@ -139,7 +139,7 @@ def _ensure_embedded(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock across processes (several test sessions may convert at once)."""
     try:
         import fcntl

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cl_assets.core.files import atomic_write_text
+from cl_assets.core.model.base import file_lock
 
 if TYPE_CHECKING:
     from cl_assets.core.model.base import LoadedModel
@@ -102,9 +103,19 @@ def resolve_precision(loaded: LoadedModel, choice: Precision, cache_dir: Path | 
         return PrecisionChoice("float32", "no native bf16 on this CPU")
     key = machine_key(loaded)
     path = cache_dir / PRECISION_FILE if cache_dir is not None else None
-    known = _read(path)
-    if key in known:
-        return PrecisionChoice(known[key]["precision"], "measured earlier", known[key]["step_ms"])
+    if path is None:
+        return _measure_and_keep(loaded, key, {}, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A second process starting now (the chat beside an evaluation) waits for this verdict
+    # instead of measuring one of its own, which noise could make differ.
+    with file_lock(path.with_name(path.name + ".lock")):
+        known = _read(path)
+        if key in known:
+            return PrecisionChoice(known[key]["precision"], "measured earlier", known[key]["step_ms"])
+        return _measure_and_keep(loaded, key, known, path)
+
+
+def _measure_and_keep(loaded: LoadedModel, key: str, known: dict[str, Any], path: Path | None) -> PrecisionChoice:
     step_ms = measure_step_ms(loaded)
     fastest = min(step_ms, key=step_ms.__getitem__)
     name = fastest if step_ms["float32"] / step_ms[fastest] >= MIN_GAIN else "float32"
