@@ -139,7 +139,7 @@ def convert(model: Any, name: str) -> None:
             raise ValueError(f"int4 is quantized from the float32 weights, not from {model.dtype}")
         quantize_model_int4(model)
         model.to(torch.bfloat16)
-    elif name != precision_of(model):
+    else:
         model.to(getattr(torch, name))
 
 
